@@ -1,0 +1,53 @@
+"""bots_core: the BOTS algorithm over numpy arrays (no I/O)."""
+
+from __future__ import annotations
+
+from bots_core._config import PRESETS, PoolConfig, SelectionMode, preset
+from bots_core._errors import (
+    BotsCoreError,
+    InvalidInputError,
+    TaskConflictError,
+    UnknownTaskError,
+)
+from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
+from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
+from bots_core._update import (
+    DEFAULT_ESTIMATOR,
+    Evidence,
+    ImplicitEstimator,
+    InterpolationEstimator,
+    StepResult,
+    aggregate,
+    apply_step,
+    batch_capability,
+    check_counts,
+)
+
+__all__ = [
+    "DEFAULT_ESTIMATOR",
+    "ETR_WINDOW",
+    "MAX_KEY_BYTES",
+    "PRESETS",
+    "BotsCoreError",
+    "Evidence",
+    "ImplicitEstimator",
+    "InterpolationEstimator",
+    "InvalidInputError",
+    "PoolConfig",
+    "PoolState",
+    "Selection",
+    "SelectionMode",
+    "StepResult",
+    "TaskConflictError",
+    "TaskSpec",
+    "UnknownTaskError",
+    "aggregate",
+    "apply_step",
+    "batch_capability",
+    "beta_draws",
+    "check_counts",
+    "preset",
+    "seed_sequence",
+    "select_batch",
+    "top_k",
+]

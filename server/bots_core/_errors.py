@@ -1,0 +1,29 @@
+"""Errors raised by the BOTS engine.
+
+    BotsCoreError
+    ├── InvalidInputError   malformed input, whatever the state (NaN, s > t, ...)
+    ├── UnknownTaskError    a task key that the pool does not hold
+    └── TaskConflictError   a key registered again with different attributes
+"""
+
+from __future__ import annotations
+
+
+class BotsCoreError(Exception):
+    """Base class of every error the engine raises."""
+
+
+class InvalidInputError(BotsCoreError, ValueError):
+    """Input that is malformed regardless of the pool's state."""
+
+
+class UnknownTaskError(BotsCoreError, KeyError):
+    """A task key the pool does not hold."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else "unknown task"
+
+
+class TaskConflictError(BotsCoreError):
+    """A task key registered again with different attributes."""

@@ -1,0 +1,185 @@
+"""Batch selection (spec §4): Thompson, greedy, softmax and uniform rules.
+
+Thompson sampling is the hot path. Draws are made chunk by chunk, each chunk
+with its own generator derived from (pool seed, selection number, chunk), so
+the chunks can run on several threads (numpy releases the GIL while it fills
+arrays) and the result does not depend on how many threads ran them. Beta
+draws are made as Gamma ratios in float32: the same Beta distribution as
+``Generator.beta``, about twice as fast.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from bots_core._config import SelectionMode
+from bots_core._errors import InvalidInputError
+from bots_core._state import FloatArray, PoolState
+from bots_core._update import IntArray
+
+CHUNK = 1 << 16
+
+_pool_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    global _executor
+    with _pool_lock:
+        if _executor is None:
+            workers = max(1, min(8, os.cpu_count() or 1))
+            _executor = ThreadPoolExecutor(workers, thread_name_prefix="bots-draw")
+        return _executor
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A drawn batch, best first.
+
+    Attributes:
+        indices: Task indices.
+        sampled: The value each task was scored by (draw or posterior mean).
+        means: Posterior means of the selected tasks.
+    """
+
+    indices: IntArray
+    sampled: FloatArray
+    means: FloatArray
+
+
+def seed_sequence(seed: int, selection_number: int) -> np.random.SeedSequence:
+    """The seed of one selection: a pure function of pool seed and selection number."""
+    return np.random.SeedSequence(entropy=seed, spawn_key=(selection_number,))
+
+
+def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Selection:
+    """Selects ``batch_size`` distinct tasks from the pool by its configured rule.
+
+    The draw is a pure function of the posteriors, the pool seed and
+    ``selection_number``.
+    """
+    n = state.task_count
+    if not 1 <= batch_size <= n:
+        raise InvalidInputError(f"batch_size must be in [1, {n}] for pool {state.name!r}, got {batch_size}")
+    cfg = state.config
+    ss = seed_sequence(cfg.seed, selection_number)
+    merge_rng = np.random.default_rng(ss)
+    target = cfg.target
+    if cfg.mode is SelectionMode.UNIFORM:
+        idx = np.sort(merge_rng.choice(n, size=batch_size, replace=False)).astype(np.int64)
+        merge_rng.shuffle(idx)
+        values = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
+        return Selection(idx, values, values.copy())
+    if cfg.mode is SelectionMode.GREEDY:
+        means = state.posterior_mean()
+        idx = top_k(np.abs(means - target), batch_size, merge_rng)
+        return Selection(idx, means[idx], means[idx])
+    cand, draws = thompson_candidates(
+        state.alpha, state.beta, target, batch_size, ss, softmax_tau=_tau(state)
+    )
+    if cfg.mode is SelectionMode.SOFTMAX:
+        keys = draws[1]
+        pos = top_k(keys, batch_size, merge_rng)
+    else:
+        pos = top_k(np.abs(draws[0] - target), batch_size, merge_rng)
+    idx = cand[pos]
+    sampled = draws[0][pos]
+    means = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
+    return Selection(idx, sampled, means)
+
+
+def _tau(state: PoolState) -> float | None:
+    return state.config.temperature if state.config.mode is SelectionMode.SOFTMAX else None
+
+
+def top_k(dist: FloatArray, k: int, rng: np.random.Generator) -> IntArray:
+    """Positions of the ``k`` smallest values, ascending; ties broken uniformly at random."""
+    m = len(dist)
+    if k >= m:
+        cand = np.arange(m, dtype=np.int64)
+    else:
+        part = np.argpartition(dist, k - 1)
+        cut = dist[part[k - 1]]
+        below = np.flatnonzero(dist < cut)
+        tied = np.flatnonzero(dist == cut)
+        need = k - len(below)
+        if need < len(tied):
+            tied = rng.choice(tied, size=need, replace=False)
+        cand = np.concatenate([below, tied]).astype(np.int64)
+    order = np.lexsort((rng.random(len(cand)), dist[cand]))
+    return cand[order]
+
+
+def thompson_candidates(
+    alpha: FloatArray,
+    beta: FloatArray,
+    target: float,
+    k: int,
+    ss: np.random.SeedSequence,
+    softmax_tau: float | None = None,
+) -> tuple[IntArray, tuple[FloatArray, FloatArray]]:
+    """Draws p ~ Beta(alpha, beta) for every task and keeps each chunk's best ``k``.
+
+    Returns candidate indices (every task that can be in the top ``k``, ties
+    at a chunk's cut included) with their draws and their ranking keys
+    (``|p - target|``, or for softmax the negated Gumbel-perturbed logits, so
+    that smaller is better in both cases).
+    """
+    n = len(alpha)
+    starts = range(0, n, CHUNK)
+
+    def run(ci: int) -> tuple[IntArray, FloatArray, FloatArray]:
+        lo = ci * CHUNK
+        hi = min(n, lo + CHUNK)
+        rng = np.random.default_rng(
+            np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
+        )
+        p = beta_draws(alpha[lo:hi], beta[lo:hi], rng)
+        dist = np.abs(p - target)
+        if softmax_tau is not None:
+            # Gumbel top-k: sampling k without replacement from softmax(-dist/tau)
+            # is taking the k largest of -dist/tau + Gumbel noise.
+            key = dist / softmax_tau
+            key -= rng.gumbel(size=len(key))
+        else:
+            key = dist
+        if len(key) > k:
+            cut = np.partition(key, k - 1)[k - 1]
+            keep = np.flatnonzero(key <= cut)
+        else:
+            keep = np.arange(len(key))
+        return (keep + lo).astype(np.int64), p[keep].astype(np.float64), key[keep].astype(np.float64)
+
+    chunks = list(range(len(starts)))
+    if len(chunks) > 1:
+        results = list(_threads().map(run, chunks))
+    else:
+        results = [run(0)]
+    idx = np.concatenate([r[0] for r in results])
+    draws = np.concatenate([r[1] for r in results])
+    keys = np.concatenate([r[2] for r in results])
+    return idx, (draws, keys)
+
+
+def beta_draws(
+    alpha: FloatArray, beta: FloatArray, rng: np.random.Generator
+) -> npt.NDArray[np.float32]:
+    """Beta(alpha, beta) draws as X / (X + Y) with float32 Gamma draws.
+
+    When both Gamma draws underflow to 0 (only for tiny shapes), that task is
+    drawn again with ``Generator.beta`` in float64.
+    """
+    x = rng.standard_gamma(alpha, dtype=np.float32)
+    y = rng.standard_gamma(beta, dtype=np.float32)
+    y += x
+    x /= y
+    bad = np.flatnonzero(~np.isfinite(x))
+    if len(bad):
+        x[bad] = rng.beta(alpha[bad], beta[bad]).astype(np.float32)
+    return x

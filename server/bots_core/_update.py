@@ -1,0 +1,223 @@
+"""The generalized BOTS update (spec §2) and the interpolation plug-in (spec §3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from bots_core._errors import InvalidInputError, UnknownTaskError
+from bots_core._state import FloatArray, PoolState
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Explicit evidence of one step: distinct task indices with their counts."""
+
+    indices: IntArray
+    successes: FloatArray
+    trials: FloatArray
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        if len(self.successes) != n or len(self.trials) != n:
+            raise InvalidInputError("evidence arrays differ in length")
+        if n and len(np.unique(self.indices)) != n:
+            raise InvalidInputError("evidence holds a task twice; aggregate it first")
+
+    @classmethod
+    def empty(cls) -> Evidence:
+        return cls(
+            np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.float64)
+        )
+
+
+def check_counts(key: str, successes: float, trials: float) -> None:
+    """Raises InvalidInputError unless 0 <= successes <= trials, trials > 0, finite."""
+    if not (math.isfinite(successes) and math.isfinite(trials)):
+        raise InvalidInputError(f"task {key!r}: counts must be finite")
+    if trials <= 0:
+        raise InvalidInputError(f"task {key!r}: trials must be > 0, got {trials}")
+    if successes < 0:
+        raise InvalidInputError(f"task {key!r}: successes must be >= 0, got {successes}")
+    if successes > trials:
+        raise InvalidInputError(
+            f"task {key!r}: successes ({successes}) exceed trials ({trials})"
+        )
+
+
+def aggregate(
+    state: PoolState, outcomes: Iterable[tuple[str, float, float]]
+) -> Evidence:
+    """Validates (key, successes, trials) triples and sums them per task.
+
+    Sums use ``math.fsum`` (exactly rounded), so the result does not depend on
+    the order of the outcomes. Indices come out sorted.
+
+    Raises:
+        InvalidInputError: malformed counts.
+        UnknownTaskError: a key the pool does not hold.
+    """
+    per_task: dict[int, tuple[list[float], list[float]]] = {}
+    for key, s, t in outcomes:
+        check_counts(key, s, t)
+        i = state.index.get(key)
+        if i is None:
+            raise UnknownTaskError(f"task {key!r} is not in pool {state.name!r}")
+        ss, ts = per_task.setdefault(i, ([], []))
+        ss.append(s)
+        ts.append(t)
+    order = sorted(per_task)
+    return Evidence(
+        np.array(order, dtype=np.int64),
+        np.array([math.fsum(per_task[i][0]) for i in order], dtype=np.float64),
+        np.array([math.fsum(per_task[i][1]) for i in order], dtype=np.float64),
+    )
+
+
+class ImplicitEstimator(Protocol):
+    """Plug-in that estimates success probabilities of tasks not evaluated.
+
+    ``observe`` sees each step's explicit evidence before the update;
+    ``estimate`` returns (p~, weight mask) for every task, or None when it has
+    nothing to say yet. Tasks whose mask is False get no implicit evidence.
+    """
+
+    def observe(self, state: PoolState, evidence: Evidence) -> None: ...
+
+    def estimate(self, state: PoolState) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None: ...
+
+
+class InterpolationEstimator:
+    """p~_k = clip(w_k + mu~ (g_k - w_k), 0, 1) with mu~ an EMA of mu_t (spec §3).
+
+    mu_t is computed over the tasks of the batch that have reference rates.
+    It lives in ``state.capability`` so that it is saved with the pool.
+    """
+
+    def observe(self, state: PoolState, evidence: Evidence) -> None:
+        mu = batch_capability(state, evidence)
+        if mu is None:
+            return
+        if math.isnan(state.capability):
+            state.capability = mu
+        else:
+            g = state.config.momentum
+            state.capability = g * state.capability + (1.0 - g) * mu
+
+    def estimate(self, state: PoolState) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
+        d = state.derived
+        if math.isnan(state.capability) or d.ref_count == 0:
+            return None
+        p = d.gap * state.capability
+        p += d.weak0
+        np.clip(p, 0.0, 1.0, out=p)
+        return p, d.has_ref
+
+
+def batch_capability(state: PoolState, evidence: Evidence) -> float | None:
+    """mu_t of one batch, or None when it has no referenced task or the gap is too small."""
+    has_ref = state.derived.has_ref[evidence.indices]
+    if not has_ref.any():
+        return None
+    idx = evidence.indices[has_ref]
+    rates = evidence.successes[has_ref] / evidence.trials[has_ref]
+    mean_w = float(np.mean(state.weak[idx]))
+    mean_g = float(np.mean(state.strong[idx]))
+    gap = mean_g - mean_w
+    if abs(gap) < state.config.min_reference_gap:
+        return None
+    return (float(np.mean(rates)) - mean_w) / gap
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one applied step did."""
+
+    evaluated: int
+    effective_task_ratio: float  # NaN when nothing was evaluated
+    positive_ratio: float  # pass rate > 0
+    below_one_ratio: float  # pass rate < 1
+    capability: float  # mu~ after the step (NaN if still unknown)
+
+
+DEFAULT_ESTIMATOR = InterpolationEstimator()
+
+
+def apply_step(
+    state: PoolState, evidence: Evidence, estimator: ImplicitEstimator = DEFAULT_ESTIMATOR
+) -> StepResult:
+    """Applies Eq. 1 to every task of the pool, in place.
+
+    Tasks in ``evidence`` are the selected (evaluated) tasks: they decay and
+    receive their explicit counts at full weight. Every other task decays and
+    receives rho * n pseudo-observations at the estimated rate p~.
+    """
+    cfg = state.config
+    lam, rho, n = cfg.forgetting, cfg.implicit_weight, cfg.pseudo_rollouts
+    idx, s, t = evidence.indices, evidence.successes, evidence.trials
+    if len(idx) and (idx.min() < 0 or idx.max() >= state.task_count):
+        raise InvalidInputError("evidence index out of range")
+
+    estimator.observe(state, evidence)
+    sel_alpha = state.alpha[idx].copy()
+    sel_beta = state.beta[idx].copy()
+
+    d = state.derived
+    keep = 1.0 - lam
+    if lam != 0.0:
+        state.alpha *= keep
+        state.beta *= keep
+        if d.uniform_prior is not None:
+            state.alpha += lam * d.uniform_prior[0]
+            state.beta += lam * d.uniform_prior[1]
+        else:
+            state.alpha += lam * state.alpha0
+            state.beta += lam * state.beta0
+
+    if rho > 0.0:
+        est = estimator.estimate(state)
+        if est is not None:
+            p, mask = est
+            w = rho * n
+            p *= w
+            if not mask.all():
+                p[~mask] = 0.0
+            state.alpha += p
+            # beta += w (1 - p~) on masked tasks: add w then take back w p~.
+            if mask.all():
+                state.beta += w
+            else:
+                state.beta += np.where(mask, w, 0.0)
+            state.beta -= p
+
+    # Selected tasks: explicit evidence at full weight, no implicit term.
+    state.alpha[idx] = keep * sel_alpha + lam * state.alpha0[idx] + s
+    state.beta[idx] = keep * sel_beta + lam * state.beta0[idx] + (t - s)
+
+    state.steps_applied += 1
+    result = _step_stats(evidence, state.capability)
+    state.record_etr(result.effective_task_ratio)
+    return result
+
+
+def _step_stats(evidence: Evidence, capability: float) -> StepResult:
+    k = len(evidence.indices)
+    if k == 0:
+        return StepResult(0, math.nan, math.nan, math.nan, capability)
+    s, t = evidence.successes, evidence.trials
+    pos = s > 0
+    below = s < t
+    return StepResult(
+        k,
+        float(np.mean(pos & below)),
+        float(np.mean(pos)),
+        float(np.mean(below)),
+        capability,
+    )

@@ -1,0 +1,86 @@
+"""Server settings: one frozen dataclass, read from flags and BOTS_* variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Every knob of `bots serve`, with its default.
+
+    Each field can be set with the flag ``--<field-with-dashes>`` or the
+    environment variable ``BOTS_<FIELD>`` (flags win).
+
+    Attributes:
+        host: Address to listen on.
+        port: gRPC port (0 picks a free one).
+        data_dir: Directory of the embedded store.
+        snapshot_every: Journal records after which a pool is snapshotted.
+        fsync: Whether each journal record is fsynced before it is acknowledged.
+        grace_seconds: How long SIGTERM waits for RPCs in flight.
+        max_message_bytes: Largest request or response message.
+        max_batch_size: Largest SelectBatch batch.
+        max_outcomes_per_report: Largest number of outcomes in one report.
+        max_tasks_per_pool: Most tasks one pool may hold.
+        workers: Threads serving RPCs.
+        expiry_interval_seconds: How often open selections are checked for expiry.
+        log_level: Python logging level name.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: str = "./bots-data"
+    snapshot_every: int = 1000
+    fsync: bool = True
+    grace_seconds: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_size: int = 65536
+    max_outcomes_per_report: int = 1_000_000
+    max_tasks_per_pool: int = 50_000_000
+    workers: int = 16
+    expiry_interval_seconds: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def address(self) -> str:
+        """host:port as gRPC wants it."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        """Defaults, then BOTS_* variables, then non-None ``overrides``."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f"BOTS_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _parse(f.name, str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict fit for logs (no secrets to hide yet)."""
+        return dataclasses.asdict(self)
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+        if type_name == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise ValueError(f"BOTS_{name.upper()}={raw!r} is not a valid {type_name}") from None
+    return raw
