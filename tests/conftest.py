@@ -1,0 +1,100 @@
+"""Shared fixtures: real gRPC servers on free ports (in-process or as subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bots_api.v1 import selector_pb2_grpc
+from bots_server._app import RunningServer, start_server
+from bots_server._settings import ServerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningServer]:
+    """An in-process server with an embedded store in a fresh directory."""
+    running = start_server(
+        ServerSettings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"),
+                       expiry_interval_seconds=0.05)
+    )
+    yield running
+    running.stop(grace=0)
+
+
+@pytest.fixture
+def stub(server: RunningServer) -> Iterator[selector_pb2_grpc.TaskSelectorStub]:
+    """A raw generated stub connected to ``server``."""
+    with grpc.insecure_channel(server.address) as channel:
+        yield selector_pb2_grpc.TaskSelectorStub(channel)
+
+
+class ServerProcess:
+    """`python -m bots_server serve` in a subprocess, on a fixed port and data dir."""
+
+    def __init__(self, data_dir: Path, port: int, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"server-{port}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        cmd = [sys.executable, "-m", "bots_server", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), *self.extra]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as ch:
+            while True:
+                try:
+                    grpc.channel_ready_future(ch).result(timeout=0.2)
+                    return self
+                except grpc.FutureTimeoutError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"server did not start: {self.log.read_text()[-2000:]}"
+                        ) from None
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or snapshot."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server subprocess (not started: call ``.start()``), always stopped at the end."""
+    proc = ServerProcess(tmp_path / "data", free_port())
+    yield proc
+    proc.stop()
