@@ -37,7 +37,11 @@ class TaskSpec:
 
     def validate(self) -> None:
         """Raises InvalidInputError when the spec is malformed."""
-        raw = self.key.encode("utf-8", errors="replace")
+        try:
+            raw = self.key.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate would be accepted here but break to_bytes() later.
+            raise InvalidInputError(f"task key {self.key!r} is not valid UTF-8") from None
         if not self.key or len(raw) > MAX_KEY_BYTES:
             raise InvalidInputError(
                 f"task key must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {len(raw)} bytes"
@@ -144,22 +148,40 @@ class PoolState:
     def add_tasks(self, specs: Sequence[TaskSpec]) -> int:
         """Adds the specs not yet present (see :meth:`plan_add`); returns how many."""
         fresh = self.plan_add(specs)
-        if not fresh:
-            return 0
-        n0 = len(self.keys)
-        for j, spec in enumerate(fresh):
-            self.keys.append(spec.key)
-            self.index[spec.key] = n0 + j
-        a0 = np.array([s.prior_alpha for s in fresh], dtype=np.float64)
-        b0 = np.array([s.prior_beta for s in fresh], dtype=np.float64)
-        self.alpha0 = np.concatenate([self.alpha0, a0])
-        self.beta0 = np.concatenate([self.beta0, b0])
-        self.alpha = np.concatenate([self.alpha, a0])
-        self.beta = np.concatenate([self.beta, b0])
-        self.weak = np.concatenate([self.weak, [s.weak for s in fresh]])
-        self.strong = np.concatenate([self.strong, [s.strong for s in fresh]])
-        self._derived = None
+        if fresh:
+            self.extend_columns(
+                [s.key for s in fresh],
+                np.array([s.weak for s in fresh], dtype=np.float64),
+                np.array([s.strong for s in fresh], dtype=np.float64),
+                np.array([s.prior_alpha for s in fresh], dtype=np.float64),
+                np.array([s.prior_beta for s in fresh], dtype=np.float64),
+            )
         return len(fresh)
+
+    def extend_columns(
+        self,
+        keys: Sequence[str],
+        weak: FloatArray,
+        strong: FloatArray,
+        prior_alpha: FloatArray,
+        prior_beta: FloatArray,
+    ) -> None:
+        """Appends already validated, new tasks as columns; posteriors start at the prior.
+
+        This is the fast path for stores that rebuild a pool from columns they
+        validated when the tasks were registered.
+        """
+        n0 = len(self.keys)
+        for j, key in enumerate(keys):
+            self.index[key] = n0 + j
+        self.keys.extend(keys)
+        self.alpha0 = np.concatenate([self.alpha0, prior_alpha])
+        self.beta0 = np.concatenate([self.beta0, prior_beta])
+        self.alpha = np.concatenate([self.alpha, prior_alpha])
+        self.beta = np.concatenate([self.beta, prior_beta])
+        self.weak = np.concatenate([self.weak, weak])
+        self.strong = np.concatenate([self.strong, strong])
+        self._derived = None
 
     # ------------------------------------------------------------ statistics
     def posterior_mean(self) -> FloatArray:
@@ -211,9 +233,23 @@ class PoolState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> PoolState:
-        """Inverse of :meth:`to_bytes`."""
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            InvalidInputError: ``data`` is not a whole serialised pool.
+        """
         if not data.startswith(_MAGIC):
             raise InvalidInputError("not a serialised BOTS pool (bad magic)")
+        try:
+            return cls._decode(data)
+        except InvalidInputError:
+            raise
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            # Truncated or corrupt input; JSON and UTF-8 errors are ValueErrors.
+            raise InvalidInputError(f"serialised pool is truncated or corrupt: {exc}") from None
+
+    @classmethod
+    def _decode(cls, data: bytes) -> PoolState:
         pos = len(_MAGIC)
         (hlen,) = struct.unpack_from("<Q", data, pos)
         pos += 8

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from bots_api.v1 import selector_pb2, selector_pb2_grpc
 from bots_server._embedded import EmbeddedStore
 from bots_server._servicer import TaskSelectorServicer
-from bots_server._settings import ServerSettings
+from bots_server._settings import ServerSettings, redact_url
 from bots_server._store import Store
 
 log = logging.getLogger("bots_server")
@@ -24,7 +24,19 @@ SERVICE_NAME = selector_pb2.DESCRIPTOR.services_by_name["TaskSelector"].full_nam
 
 
 def build_store(settings: ServerSettings) -> Store:
-    """The store the settings ask for (the embedded store for now)."""
+    """The Redis store when ``redis_url`` is set, else the embedded store."""
+    if settings.redis_url:
+        from bots_server._redis_store import RedisStore
+
+        return RedisStore(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            timeout=settings.redis_timeout_seconds,
+            checkpoint_every=settings.checkpoint_every,
+            dedup_ttl=settings.dedup_ttl_seconds,
+            selection_retention=settings.selection_retention_seconds,
+            max_tasks_per_pool=settings.max_tasks_per_pool,
+        )
     return EmbeddedStore(
         settings.data_dir,
         fsync=settings.fsync,
@@ -130,7 +142,12 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
     server.start()
     running = RunningServer(server, store, health_servicer, port, settings)
     running._set_serving(store.healthy())
-    log.info("serving bots.v1.TaskSelector on %s (data dir %s)", running.address, settings.data_dir)
+    where = (
+        f"Redis {redact_url(settings.redis_url)}"
+        if settings.redis_url
+        else f"data dir {settings.data_dir}"
+    )
+    log.info("serving bots.v1.TaskSelector on %s (%s)", running.address, where)
     return running
 
 

@@ -6,7 +6,8 @@
     ├── AlreadyExists       reused id with another payload, pool with another config
     ├── FailedPrecondition  not allowed in the current state (e.g. selection closed)
     ├── ResourceExhausted   a configured limit
-    └── StoreUnavailable    the store cannot be reached or written
+    ├── StoreUnavailable    the store cannot be reached or written
+    └── DataLoss            the store lost a pool (e.g. Redis restarted empty)
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class ResourceExhausted(ServiceError):
 
 class StoreUnavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ServiceError):
+    code = grpc.StatusCode.DATA_LOSS
 
 
 _CORE_CODES: list[tuple[type[BotsCoreError], grpc.StatusCode]] = [

@@ -64,6 +64,45 @@ def check_pool_name(name: str) -> None:
         )
 
 
+def check_select_args(run_id: str, expected_trials: float) -> None:
+    """Validates the state-free arguments of SelectBatch."""
+    if len(run_id) > MAX_RUN_ID:
+        raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
+    if not (math.isfinite(expected_trials) and expected_trials >= 0):
+        raise InvalidArgument(f"expected_trials must be finite and >= 0, got {expected_trials}")
+
+
+def check_report_args(
+    request_id: str, selection_id: str, outcomes: Sequence[OutcomeIn], final: bool
+) -> None:
+    """Validates the state-free arguments of ReportOutcomes."""
+    if not 1 <= len(request_id) <= MAX_REQUEST_ID:
+        raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
+    for o in outcomes:
+        check_counts(o.task_key, o.successes, o.trials)
+    if not selection_id and not outcomes:
+        raise InvalidArgument("a report without a selection_id needs at least one outcome")
+    if not outcomes and not final:
+        raise InvalidArgument("empty report: give outcomes, or final=true to close the selection")
+
+
+def parse_selection_id(selection_id: str, incarnation: str, pool: str) -> int:
+    """The selection number inside an id of this pool incarnation (NotFound otherwise)."""
+    prefix, _, num = selection_id.rpartition("-")
+    if prefix != incarnation or not num.isdigit():
+        raise NotFound(f"selection {selection_id!r} not found in pool {pool!r}")
+    return int(num)
+
+
+def payload_digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool) -> str:
+    """Digest of a report's payload, to tell a retry from a reused request id."""
+    payload = json.dumps(
+        [selection_id, [[o.task_key, o.successes, o.trials] for o in outcomes], final],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 @dataclass
 class SelectionData:
     """A selection: the drawn tasks and, while open, the evidence gathered."""
@@ -158,10 +197,7 @@ class PoolRuntime:
         return f"{self.incarnation}-{number}"
 
     def _parse_selection(self, selection_id: str) -> int:
-        prefix, _, num = selection_id.rpartition("-")
-        if prefix != self.incarnation or not num.isdigit():
-            raise NotFound(f"selection {selection_id!r} not found in pool {self.state.name!r}")
-        return int(num)
+        return parse_selection_id(selection_id, self.incarnation, self.state.name)
 
     # ------------------------------------------------------------ planning
     def plan_add(self, specs: Sequence[TaskSpec], max_tasks: int) -> Record | None:
@@ -179,10 +215,7 @@ class PoolRuntime:
         self, batch_size: int, run_id: str, step: int, expected_trials: float, now: float
     ) -> tuple[Record | None, SelectionView | None]:
         """Returns (record to apply, None) or (None, replayed view)."""
-        if len(run_id) > MAX_RUN_ID:
-            raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
-        if not (math.isfinite(expected_trials) and expected_trials >= 0):
-            raise InvalidArgument(f"expected_trials must be finite and >= 0, got {expected_trials}")
+        check_select_args(run_id, expected_trials)
         expected = expected_trials or self.state.config.pseudo_rollouts
         if run_id:
             number = self.by_run.get((run_id, step))
@@ -220,7 +253,7 @@ class PoolRuntime:
         """Returns (record to apply, None) or (None, answer of the original request)."""
         if not 1 <= len(request_id) <= MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
-        digest = _digest(selection_id, outcomes, final)
+        digest = payload_digest(selection_id, outcomes, final)
         seen = self.dedup.get(request_id)
         if seen is not None:
             if seen[0] != digest:
@@ -228,8 +261,7 @@ class PoolRuntime:
                     f"request_id {request_id!r} was already used with a different payload"
                 )
             return None, _ack_from_json(seen[1], duplicate=True)
-        for o in outcomes:
-            check_counts(o.task_key, o.successes, o.trials)
+        check_report_args(request_id, selection_id, outcomes, final)
         number = -1
         if selection_id:
             number = self._parse_selection(selection_id)
@@ -240,10 +272,6 @@ class PoolRuntime:
                 )
             if number not in self.open:
                 raise NotFound(f"selection {selection_id!r} not found in pool {self.state.name!r}")
-        elif not outcomes:
-            raise InvalidArgument("a report without a selection_id needs at least one outcome")
-        if not outcomes and not final:
-            raise InvalidArgument("empty report: give outcomes, or final=true to close the selection")
         ev = aggregate(self.state, ((o.task_key, o.successes, o.trials) for o in outcomes))
         if number >= 0:
             sel = self.open[number]
@@ -417,14 +445,6 @@ def _spec_to_list(s: TaskSpec) -> list[Any]:
 def _spec_from_list(v: list[Any]) -> TaskSpec:
     key, w, g, a0, b0 = v
     return TaskSpec(key, math.nan if w is None else w, math.nan if g is None else g, a0, b0)
-
-
-def _digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool) -> str:
-    payload = json.dumps(
-        [selection_id, [[o.task_key, o.successes, o.trials] for o in outcomes], final],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _ack_to_json(ack: ReportAck) -> dict[str, Any]:

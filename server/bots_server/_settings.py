@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +30,12 @@ class ServerSettings:
         workers: Threads serving RPCs.
         expiry_interval_seconds: How often open selections are checked for expiry.
         log_level: Python logging level name.
+        redis_url: Redis URL (redis:// or rediss://); empty = embedded store.
+        redis_cluster: Treat redis_url as a node of a Redis Cluster.
+        redis_timeout_seconds: Connect and command timeout towards Redis.
+        checkpoint_every: Log entries after which a replica checkpoints a Redis pool.
+        dedup_ttl_seconds: How long a report's request id is remembered (Redis).
+        selection_retention_seconds: How long a closed selection can be replayed (Redis).
     """
 
     host: str = "127.0.0.1"
@@ -44,6 +51,12 @@ class ServerSettings:
     workers: int = 16
     expiry_interval_seconds: float = 1.0
     log_level: str = "INFO"
+    redis_url: str = ""
+    redis_cluster: bool = False
+    redis_timeout_seconds: float = 2.0
+    checkpoint_every: int = 64
+    dedup_ttl_seconds: int = 7 * 86400
+    selection_retention_seconds: int = 86400
 
     @property
     def address(self) -> str:
@@ -64,8 +77,22 @@ class ServerSettings:
         return cls(**values)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict fit for logs (no secrets to hide yet)."""
-        return dataclasses.asdict(self)
+        """The settings as a dict fit for logs: passwords in URLs are masked."""
+        out = dataclasses.asdict(self)
+        out["redis_url"] = redact_url(self.redis_url)
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

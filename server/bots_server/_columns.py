@@ -1,0 +1,93 @@
+"""Compact, compressed encoding of immutable task columns (Redis task chunks)."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bots_core import InvalidInputError
+from bots_server._store import FloatArray
+
+_MAGIC = b"BTC1"
+
+
+@dataclass
+class Columns:
+    """Keys, reference rates (NaN = unknown) and priors of consecutive tasks."""
+
+    keys: list[str]
+    weak: FloatArray
+    strong: FloatArray
+    prior_alpha: FloatArray
+    prior_beta: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def empty(cls) -> Columns:
+        z = np.zeros(0)
+        return cls([], z, z.copy(), z.copy(), z.copy())
+
+    def slice(self, lo: int, hi: int) -> Columns:
+        return Columns(
+            self.keys[lo:hi], self.weak[lo:hi], self.strong[lo:hi],
+            self.prior_alpha[lo:hi], self.prior_beta[lo:hi],
+        )
+
+    def concat(self, other: Columns) -> Columns:
+        return Columns(
+            self.keys + other.keys,
+            np.concatenate([self.weak, other.weak]),
+            np.concatenate([self.strong, other.strong]),
+            np.concatenate([self.prior_alpha, other.prior_alpha]),
+            np.concatenate([self.prior_beta, other.prior_beta]),
+        )
+
+    def encode(self) -> bytes:
+        """zlib-compressed: count, four float64 columns, key lengths, UTF-8 keys."""
+        raw_keys = [k.encode("utf-8") for k in self.keys]
+        lengths = np.array([len(k) for k in raw_keys], dtype="<u2")
+        body = b"".join(
+            [
+                struct.pack("<I", len(self.keys)),
+                *(np.ascontiguousarray(a, dtype="<f8").tobytes()
+                  for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)),
+                lengths.tobytes(),
+                b"".join(raw_keys),
+            ]
+        )
+        return _MAGIC + zlib.compress(body, 6)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Columns:
+        if not data.startswith(_MAGIC):
+            raise InvalidInputError("corrupt task chunk")
+        body = zlib.decompress(data[len(_MAGIC):])
+        (n,) = struct.unpack_from("<I", body, 0)
+        pos = 4
+        cols = []
+        for _ in range(4):
+            cols.append(np.frombuffer(body, dtype="<f8", count=n, offset=pos).astype(np.float64))
+            pos += 8 * n
+        lengths = np.frombuffer(body, dtype="<u2", count=n, offset=pos)
+        pos += 2 * n
+        ends = np.cumsum(lengths, dtype=np.int64) + pos
+        starts = ends - lengths
+        keys = [body[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist())]
+        return cls(keys, cols[0], cols[1], cols[2], cols[3])
+
+
+def columns_of(specs: Sequence[object]) -> Columns:
+    """Columns of TaskSpec-like objects (key, weak, strong, prior_alpha, prior_beta)."""
+    return Columns(
+        [s.key for s in specs],  # type: ignore[attr-defined]
+        np.array([s.weak for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
+        np.array([s.strong for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
+        np.array([s.prior_alpha for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
+        np.array([s.prior_beta for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
+    )
