@@ -25,15 +25,83 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisProcess:
+    """A real ``redis-server`` on a free loopback port, in its own directory.
+
+    ``kill()`` is kill -9; ``start()`` again restarts it on the same port and
+    directory (so AOF data comes back when ``appendonly`` is on).
+    """
+
+    def __init__(self, directory: Path, *, aof: bool = False, port: int | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.aof = aof
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        import redis
+
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.aof
+            else ["--appendonly", "no"]
+        )
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+               "--dir", str(self.dir), *persistence, *self.extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        while True:
+            try:
+                if client.ping():
+                    client.close()
+                    return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningServer]:
-    """An in-process server with an embedded store in a fresh directory."""
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A started redis-server (no persistence), killed at the end."""
+    proc = RedisProcess(tmp_path / "redis").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningServer]:
+    """An in-process server, once with the embedded store and once backed by a real Redis."""
+    redis_url = ""
+    redis_proc = None
+    if request.param == "redis":
+        redis_proc = RedisProcess(tmp_path / "redis").start()
+        redis_url = redis_proc.url
     running = start_server(
         ServerSettings(host="127.0.0.1", port=0, data_dir=str(tmp_path / "data"),
-                       expiry_interval_seconds=0.05)
+                       expiry_interval_seconds=0.05, redis_url=redis_url, checkpoint_every=5)
     )
     yield running
     running.stop(grace=0)
+    if redis_proc is not None:
+        redis_proc.stop()
 
 
 @pytest.fixture

@@ -457,14 +457,14 @@ class RedisStore(Store):
         run = rk.run_key(run_id, step)
         with self._synced(name, posteriors=True) as rep:
             expected = expected_trials or rep.config.pseudo_rollouts
-            reply = self._run("select_begin", rep.keys, run)
-            if reply[0] == b"existing":
-                return self._existing(rep, reply, batch_size, expected, run_id, step)
             n = rep.state.task_count
             if not 1 <= batch_size <= n:
                 raise InvalidArgument(
                     f"batch_size must be in [1, {n}] for pool {name!r}, got {batch_size}"
                 )
+            reply = self._run("select_begin", rep.keys, run)
+            if reply[0] == b"existing":
+                return self._existing(rep, reply, batch_size, expected, run_id, step)
             number = int(reply[1])
             drawn = select_batch(rep.state, batch_size, number)
             version = rep.state.steps_applied
