@@ -178,7 +178,8 @@ def beta_draws(
     x = rng.standard_gamma(alpha, dtype=np.float32)
     y = rng.standard_gamma(beta, dtype=np.float32)
     y += x
-    x /= y
+    with np.errstate(invalid="ignore"):  # 0/0 when both underflow: redrawn below
+        x /= y
     bad = np.flatnonzero(~np.isfinite(x))
     if len(bad):
         x[bad] = rng.beta(alpha[bad], beta[bad]).astype(np.float32)

@@ -131,9 +131,11 @@ def batch_capability(state: PoolState, evidence: Evidence) -> float | None:
     mean_w = float(np.mean(state.weak[idx]))
     mean_g = float(np.mean(state.strong[idx]))
     gap = mean_g - mean_w
-    if abs(gap) < state.config.min_reference_gap:
+    if gap == 0.0 or abs(gap) < state.config.min_reference_gap:
         return None
-    return (float(np.mean(rates)) - mean_w) / gap
+    mu = (float(np.mean(rates)) - mean_w) / gap
+    # With min_reference_gap = 0 a tiny gap can overflow mu; never store inf.
+    return mu if math.isfinite(mu) else None
 
 
 @dataclass(frozen=True)
