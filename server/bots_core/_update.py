@@ -64,20 +64,31 @@ def aggregate(
         InvalidInputError: malformed counts.
         UnknownTaskError: a key the pool does not hold.
     """
-    per_task: dict[int, tuple[list[float], list[float]]] = {}
-    for key, s, t in outcomes:
-        check_counts(key, s, t)
-        i = state.index.get(key)
-        if i is None:
-            raise UnknownTaskError(f"task {key!r} is not in pool {state.name!r}")
-        ss, ts = per_task.setdefault(i, ([], []))
-        ss.append(s)
-        ts.append(t)
-    order = sorted(per_task)
+    items = list(outcomes)
+    keys = [o[0] for o in items]
+    s = np.array([o[1] for o in items], dtype=np.float64)
+    t = np.array([o[2] for o in items], dtype=np.float64)
+    bad = ~(np.isfinite(s) & np.isfinite(t) & (t > 0) & (s >= 0) & (s <= t))
+    if bad.any():
+        j = int(np.argmax(bad))
+        check_counts(keys[j], float(s[j]), float(t[j]))  # raises with the precise reason
+    lookup = state.index.get
+    idx_list = [lookup(k) for k in keys]
+    if None in idx_list:
+        key = keys[idx_list.index(None)]
+        raise UnknownTaskError(f"task {key!r} is not in pool {state.name!r}")
+    idx = np.array(idx_list, dtype=np.int64)
+    order = np.argsort(idx, kind="stable")
+    idx, s, t = idx[order], s[order], t[order]
+    if len(idx) < 2 or bool(np.all(idx[1:] != idx[:-1])):
+        return Evidence(idx, s, t)
+    # Repeated tasks: exactly rounded sums, so the order of outcomes cannot matter.
+    uniq, starts = np.unique(idx, return_index=True)
+    bounds = [*starts.tolist(), len(idx)]
     return Evidence(
-        np.array(order, dtype=np.int64),
-        np.array([math.fsum(per_task[i][0]) for i in order], dtype=np.float64),
-        np.array([math.fsum(per_task[i][1]) for i in order], dtype=np.float64),
+        uniq.astype(np.int64),
+        np.array([math.fsum(s[a:b]) for a, b in zip(bounds, bounds[1:])], dtype=np.float64),
+        np.array([math.fsum(t[a:b]) for a, b in zip(bounds, bounds[1:])], dtype=np.float64),
     )
 
 
