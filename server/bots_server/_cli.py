@@ -1,2 +1,754 @@
-def main() -> int:
+"""The `bots` command line: serve, health check, pool management, export and import.
+
+Exit codes: 0 success, 1 server or connection error (or not SERVING for
+``check``), 2 bad arguments or input files, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO
+
+import grpc
+from bots_client import (
+    BotsError,
+    PoolConfig,
+    PoolHeader,
+    PoolInfo,
+    SelectorClient,
+    Task,
+    TaskPosterior,
+)
+
+from bots_server._progress import Progress
+from bots_server._settings import ServerSettings
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 10.0
+# Export and import stream a whole pool under one deadline.
+DEFAULT_STREAM_TIMEOUT_S = 3600.0
+EXPORT_FORMAT = "bots-posteriors/1"
+TASK_COLUMNS = ("key", "weak", "strong", "prior_alpha", "prior_beta")
+MAX_KEY_BYTES = 512
+PROGRESS_MIN_TASKS = 10_000
+
+# Texts gRPC uses when no connection could be made (as opposed to a server
+# that answered UNAVAILABLE, e.g. because its store is down).
+_CONNECT_FAILURES = (
+    "failed to connect",
+    "connection refused",
+    "connect failed",
+    "dns resolution failed",
+    "name resolution",
+    "socket closed",
+    "connection reset",
+    "empty address list",
+)
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line; ``exit_code`` says which kind."""
+
+    exit_code = 1
+
+
+class UsageError(CliError):
+    """Bad arguments or input files."""
+
+    exit_code = 2
+
+
+class FileFormatError(UsageError):
+    """A malformed line of an input file."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = path
+        self.line = line
+
+
+# --- task files ----------------------------------------------------------------
+
+
+def read_tasks(path: str) -> list[Task]:
+    """Reads a task file: JSONL (one object per line) or CSV (with a header row).
+
+    Columns/fields are ``key`` (required), ``weak``, ``strong``,
+    ``prior_alpha`` and ``prior_beta``; an empty CSV cell or JSON null means
+    unset. The format comes from the extension (.jsonl/.ndjson/.json or
+    .csv), else from the first character (``{`` means JSONL).
+
+    Raises:
+        FileFormatError: For a malformed line, with its file and line number.
+        UsageError: If the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = _jsonl_rows(path, f) if _is_jsonl(path, f) else _csv_rows(path, f)
+            tasks: list[Task] = []
+            seen: dict[str, int] = {}
+            for line, row in rows:
+                task = task_from_row(path, line, row)
+                first = seen.setdefault(task.key, line)
+                if first != line:
+                    raise FileFormatError(
+                        path, line, f"duplicate key {task.key!r} (first on line {first})"
+                    )
+                tasks.append(task)
+            return tasks
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _is_jsonl(path: str, f: TextIO) -> bool:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return True
+    if ext == ".csv":
+        return False
+    head = f.read(4096)
+    f.seek(0)
+    return head.lstrip().startswith("{")
+
+
+def _jsonl_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, text in enumerate(f, 1):
+        if not text.strip():
+            continue
+        yield line, _json_object(path, line, text)
+
+
+def _json_object(path: str, line: int, text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(path, line, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise FileFormatError(path, line, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _csv_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(f)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        columns = [c.strip() for c in header]
+        if "key" not in columns:
+            raise FileFormatError(path, 1, "the header row has no 'key' column")
+        _check_fields(path, 1, columns, TASK_COLUMNS)
+        if len(set(columns)) != len(columns):
+            raise FileFormatError(path, 1, "the header row repeats a column")
+        end = reader.line_num
+        for row in reader:
+            # A quoted cell may span lines: a record starts after the last one.
+            line, end = end + 1, reader.line_num
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(columns):
+                raise FileFormatError(path, line, f"expected {len(columns)} fields, got {len(row)}")
+            yield line, {c: (v if v.strip() else None) for c, v in zip(columns, row, strict=True)}
+    except csv.Error as exc:
+        raise FileFormatError(path, reader.line_num, f"invalid CSV: {exc}") from None
+
+
+def _check_fields(path: str, line: int, fields: Iterable[str], allowed: Sequence[str]) -> None:
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise FileFormatError(
+            path,
+            line,
+            f"unknown field(s) {', '.join(map(repr, unknown))} (expected {', '.join(allowed)})",
+        )
+
+
+def task_from_row(path: str, line: int, row: dict[str, Any]) -> Task:
+    """Validates one task record (from JSONL or CSV) and builds the `Task`.
+
+    Raises:
+        FileFormatError: For a missing key, an unknown field or a bad value.
+    """
+    _check_fields(path, line, row, TASK_COLUMNS)
+    key = _key(path, line, row.get("key"))
+    values = {name: _number(path, line, name, row.get(name)) for name in TASK_COLUMNS[1:]}
+    for name in ("weak", "strong"):
+        v = values[name]
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise FileFormatError(path, line, f"{name} must be in [0, 1], got {v}")
+    if (values["weak"] is None) != (values["strong"] is None):
+        raise FileFormatError(path, line, "weak and strong must be given together")
+    for name in ("prior_alpha", "prior_beta"):
+        v = values[name]
+        if v is not None and not v > 0.0:
+            raise FileFormatError(path, line, f"{name} must be > 0, got {v}")
+    return Task(key=key, **values)
+
+
+def _key(path: str, line: int, raw: Any) -> str:
+    if raw is None or raw == "":
+        raise FileFormatError(path, line, "missing key")
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise FileFormatError(path, line, f"key must be a string, got {raw!r}")
+    key = str(raw)
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise FileFormatError(path, line, f"key is longer than {MAX_KEY_BYTES} UTF-8 bytes")
+    return key
+
+
+def _number(path: str, line: int, name: str, raw: Any) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise FileFormatError(path, line, f"{name} must be a number, got {raw!r}")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FileFormatError(path, line, f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise FileFormatError(path, line, f"{name} must be finite, got {raw!r}")
+    return value
+
+
+# --- export files --------------------------------------------------------------
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def header_to_json(header: PoolHeader) -> dict[str, Any]:
+    """The first line of an export file."""
+    return {
+        "format": EXPORT_FORMAT,
+        "name": header.name,
+        "config": header.config.to_dict(),
+        "task_count": header.task_count,
+        "steps_applied": header.steps_applied,
+        "capability": _none_if_nan(header.capability),
+        "selections_opened": header.selections_opened,
+    }
+
+
+def posterior_to_json(p: TaskPosterior) -> dict[str, Any]:
+    """One task line of an export file."""
+    t = p.task
+    return {
+        "key": t.key,
+        "weak": t.weak,
+        "strong": t.strong,
+        "prior_alpha": t.prior_alpha,
+        "prior_beta": t.prior_beta,
+        "alpha": p.alpha,
+        "beta": p.beta,
+    }
+
+
+_HEADER_FIELDS = (
+    "format",
+    "name",
+    "config",
+    "task_count",
+    "steps_applied",
+    "capability",
+    "selections_opened",
+)
+
+
+def header_from_json(path: str, line: int, obj: dict[str, Any]) -> PoolHeader:
+    """Validates an export file's header line.
+
+    Raises:
+        FileFormatError: For a missing, unknown or malformed field.
+    """
+    _check_fields(path, line, obj, _HEADER_FIELDS)
+    fmt = obj.get("format", EXPORT_FORMAT)
+    if fmt != EXPORT_FORMAT:
+        raise FileFormatError(path, line, f"unsupported format {fmt!r} (expected {EXPORT_FORMAT})")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise FileFormatError(path, line, "the header needs a pool 'name'")
+    config = obj.get("config", {})
+    if not isinstance(config, dict):
+        raise FileFormatError(path, line, "config must be an object")
+    try:
+        pool_config = PoolConfig.from_dict(config)
+    except ValueError as exc:
+        raise FileFormatError(path, line, str(exc)) from None
+    counts = {}
+    for field in ("task_count", "steps_applied", "selections_opened"):
+        v = obj.get(field, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise FileFormatError(path, line, f"{field} must be an integer >= 0, got {v!r}")
+        counts[field] = v
+    capability = _number(path, line, "capability", obj.get("capability"))
+    return PoolHeader(
+        name=name,
+        config=pool_config,
+        capability=math.nan if capability is None else capability,
+        **counts,
+    )
+
+
+def read_export(path: str, f: TextIO) -> tuple[PoolHeader, Iterator[TaskPosterior]]:
+    """Reads an export file: the header now, the posteriors lazily.
+
+    Raises:
+        FileFormatError: For a malformed line (possibly while iterating).
+    """
+    lines = enumerate(f, 1)
+    for line, text in lines:
+        if text.strip():
+            header = header_from_json(path, line, _json_object(path, line, text))
+            break
+    else:
+        raise FileFormatError(path, 1, "empty file: expected a header line")
+
+    def posteriors() -> Iterator[TaskPosterior]:
+        for line, text in lines:
+            if not text.strip():
+                continue
+            obj = _json_object(path, line, text)
+            _check_fields(path, line, obj, (*TASK_COLUMNS, "alpha", "beta"))
+            alpha = _number(path, line, "alpha", obj.pop("alpha", None))
+            beta = _number(path, line, "beta", obj.pop("beta", None))
+            if alpha is None or beta is None or alpha <= 0 or beta <= 0:
+                raise FileFormatError(path, line, "alpha and beta must be numbers > 0")
+            yield TaskPosterior(task=task_from_row(path, line, obj), alpha=alpha, beta=beta)
+
+    return header, posteriors()
+
+
+# --- output helpers ------------------------------------------------------------
+
+
+def pool_to_json(info: PoolInfo) -> dict[str, Any]:
+    """A PoolInfo as a JSON-ready dict (NaN as null)."""
+    out = dataclasses.asdict(info)
+    out["config"] = info.config.to_dict()
+    return {k: _none_if_nan(v) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def _fmt(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4g}"
+
+
+def format_pool(info: PoolInfo) -> str:
+    """A human-readable description of a pool."""
+    config = " ".join(f"{k}={v}" for k, v in info.config.to_dict().items())
+    rows = [
+        ("pool", info.name),
+        ("tasks", f"{info.task_count} ({info.tasks_with_references} with reference rates)"),
+        ("steps applied", str(info.steps_applied)),
+        (
+            "selections",
+            f"{info.selections_opened} opened, {info.open_selections} open, "
+            f"{info.selections_expired} expired",
+        ),
+        (
+            "ETR",
+            f"last {_fmt(info.last_effective_task_ratio)}, "
+            f"rolling {_fmt(info.rolling_effective_task_ratio)}",
+        ),
+        ("capability", _fmt(info.capability)),
+        ("mean posterior", _fmt(info.mean_posterior)),
+        ("config", config),
+    ]
+    return "\n".join(f"{k:<15} {v}" for k, v in rows)
+
+
+def format_pool_table(pools: Sequence[PoolInfo]) -> str:
+    """One line per pool, with a header row."""
+    rows = [("NAME", "TASKS", "STEPS", "OPEN", "MODE", "ROLLING_ETR")]
+    for p in pools:
+        mode = p.config.mode.value if p.config.mode is not None else "-"
+        rows.append(
+            (
+                p.name,
+                str(p.task_count),
+                str(p.steps_applied),
+                str(p.open_selections),
+                mode,
+                _fmt(p.rolling_effective_task_ratio),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, allow_nan=False))
+
+
+# --- commands ------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> SelectorClient:
+    return SelectorClient(args.target, timeout=args.timeout or DEFAULT_TIMEOUT_S)
+
+
+def _progress(args: argparse.Namespace, label: str, total: int | None) -> Progress:
+    # On a terminal by default, but not for work too small to watch.
+    small = total is not None and total < PROGRESS_MIN_TASKS
+    return Progress(label, total, enabled=True if args.progress else (False if small else None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f"serve_{f.name}") for f in _settings_fields()}
+    try:
+        settings = ServerSettings.from_env(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    from bots_server._app import serve  # the server stack is only needed here
+
+    return serve(settings)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    timeout = args.timeout or DEFAULT_TIMEOUT_S
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=timeout)
+        except grpc.RpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise CliError(
+                    f"server {args.target} does not know service {args.service!r}"
+                ) from None
+            raise _rpc_failure(args, code, err.details() or "") from None
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return 0 if resp.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def cmd_pool_create(args: argparse.Namespace) -> int:
+    config = _parse_config(args.config)
+    tasks = read_tasks(args.tasks) if args.tasks else []
+    with _client(args) as client:
+        client.create_pool(args.name, preset=args.preset, config=config)
+        added = _upload(args, client, tasks)
+        info = client.get_pool(args.name)
+    if args.json:
+        _print_json(pool_to_json(info))
+    else:
+        print(f"pool {info.name!r}: {added} new tasks added, {info.task_count} tasks in total")
     return 0
+
+
+def cmd_pool_add(args: argparse.Namespace) -> int:
+    tasks = read_tasks(args.tasks)
+    with _client(args) as client:
+        added = _upload(args, client, tasks)
+        info = client.get_pool(args.name)
+    print(f"pool {info.name!r}: {added} new tasks added, {info.task_count} tasks in total")
+    return 0
+
+
+def _upload(args: argparse.Namespace, client: SelectorClient, tasks: Sequence[Task]) -> int:
+    added = 0
+    size = args.chunk_size
+    with _progress(args, "adding tasks", len(tasks)) as bar:
+        for start in range(0, len(tasks), size):
+            chunk = tasks[start : start + size]
+            added += client.add_tasks(args.name, chunk, chunk_size=size)
+            bar.update(len(chunk))
+    return added
+
+
+def cmd_pool_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.get_pool(args.name)
+    if args.json:
+        _print_json(pool_to_json(info))
+    else:
+        print(format_pool(info))
+    return 0
+
+
+def cmd_pool_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        pools = sorted(client.list_pools(), key=lambda p: p.name)
+    if args.json:
+        _print_json([pool_to_json(p) for p in pools])
+    elif pools:
+        print(format_pool_table(pools))
+    else:
+        print("no pools", file=sys.stderr)
+    return 0
+
+
+def cmd_pool_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.delete_pool(args.name)
+    print(f"deleted pool {args.name!r}")
+    return 0
+
+
+def cmd_pool_export(args: argparse.Namespace) -> int:
+    if args.out == "-":
+        _export_to(args, sys.stdout)
+        return 0
+    # Write beside the target and rename, so a failed export leaves no half file.
+    tmp = f"{args.out}.part"
+    try:
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                count = _export_to(args, out)
+            os.replace(tmp, args.out)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"exported pool {args.name!r}: {count} tasks to {args.out}")
+    return 0
+
+
+def _export_to(args: argparse.Namespace, out: TextIO) -> int:
+    timeout = args.timeout or DEFAULT_STREAM_TIMEOUT_S
+    count = 0
+    header: PoolHeader | None = None
+    with _client(args) as client, _progress(args, "exporting", None) as bar:
+        for chunk_header, posteriors in client.export_posteriors(
+            args.name, args.chunk_size, timeout=timeout
+        ):
+            if header is None:
+                header = chunk_header
+                bar.total = header.task_count or None
+                out.write(json.dumps(header_to_json(header), allow_nan=False) + "\n")
+            out.writelines(
+                json.dumps(posterior_to_json(p), allow_nan=False) + "\n" for p in posteriors
+            )
+            count += len(posteriors)
+            bar.update(len(posteriors))
+    return count
+
+
+def cmd_pool_import(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            info = _import_from(args, f)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{args.file}: not UTF-8 text ({exc.reason})") from None
+    print(f"imported pool {info.name!r}: {info.task_count} tasks")
+    return 0
+
+
+def _import_from(args: argparse.Namespace, f: TextIO) -> PoolInfo:
+    timeout = args.timeout or DEFAULT_STREAM_TIMEOUT_S
+    header, posteriors = read_export(args.file, f)
+    with _client(args) as client, _progress(args, "importing", header.task_count) as bar:
+
+        def counted() -> Iterator[TaskPosterior]:
+            for p in posteriors:
+                bar.update(1)
+                yield p
+
+        return client.import_posteriors(
+            header, counted(), name=args.name, chunk_size=args.chunk_size, timeout=timeout
+        )
+
+
+def _parse_config(items: Sequence[str]) -> PoolConfig | None:
+    if not items:
+        return None
+    values: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--config expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = value.strip()
+    try:
+        return PoolConfig.from_dict(values)
+    except ValueError as exc:
+        raise UsageError(f"--config: {exc}") from None
+
+
+# --- errors --------------------------------------------------------------------
+
+
+def _rpc_failure(args: argparse.Namespace, code: grpc.StatusCode | None, details: str) -> CliError:
+    target = args.target
+    if code == grpc.StatusCode.UNAVAILABLE:
+        low = details.lower()
+        if not details or any(s in low for s in _CONNECT_FAILURES):
+            return CliError(f"server {target} is unreachable (UNAVAILABLE)")
+        return CliError(f"server {target} is unavailable: {details} (UNAVAILABLE)")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        timeout = args.timeout or DEFAULT_TIMEOUT_S
+        return CliError(f"server {target} did not answer within {timeout:g}s (DEADLINE_EXCEEDED)")
+    if code == grpc.StatusCode.NOT_FOUND and getattr(args, "name", None) and not details:
+        return CliError(f"pool {args.name!r} not found")
+    name = code.name if code is not None else "UNKNOWN"
+    return CliError(details or f"request failed ({name})")
+
+
+# --- parser --------------------------------------------------------------------
+
+
+def _settings_fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(ServerSettings))
+
+
+def _settings_help() -> dict[str, str]:
+    """Per-field help taken from the Attributes section of ServerSettings' docstring."""
+    doc = ServerSettings.__doc__ or ""
+    return dict(re.findall(r"^\s+(\w+): (.+)$", doc, flags=re.MULTILINE))
+
+
+def _add_client_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    p.add_argument(
+        "--target",
+        default=argparse.SUPPRESS if suppress else os.environ.get("BOTS_TARGET", DEFAULT_TARGET),
+        help="server address host:port (env BOTS_TARGET, default %(default)s)"
+        if not suppress
+        else "server address host:port (env BOTS_TARGET)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=default,
+        metavar="S",
+        help=f"deadline per call in seconds (default {DEFAULT_TIMEOUT_S:g}; "
+        f"{DEFAULT_STREAM_TIMEOUT_S:g} for export/import)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `bots`."""
+    parser = argparse.ArgumentParser(
+        prog="bots", description="BOTS task-selection service: server and tools."
+    )
+    _add_client_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    helps = _settings_help()
+    for f in _settings_fields():
+        flag = "--" + f.name.replace("_", "-")
+        text = f"{helps.get(f.name, '').rstrip('.')} (default {f.default!r}, env BOTS_{f.name.upper()})"
+        if str(f.type) == "bool":
+            serve.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None,
+                dest=f"serve_{f.name}", help=text,
+            )  # fmt: skip
+        else:
+            kind: Callable[[str], Any] = {"int": int, "float": float}.get(str(f.type), str)
+            serve.add_argument(
+                flag, type=kind, default=None, dest=f"serve_{f.name}",
+                metavar=f.name.upper(), help=text,
+            )  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="health check: exit 0 when the server is SERVING")
+    _add_client_options(check, suppress=True)
+    check.add_argument("--service", default="", help="service to check (default: the server)")
+    check.set_defaults(func=cmd_check)
+
+    pool = sub.add_parser("pool", help="manage pools")
+    pool_sub = pool.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
+
+    def pool_cmd(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> Any:
+        p = pool_sub.add_parser(name, help=help_text)
+        _add_client_options(p, suppress=True)
+        p.set_defaults(func=func)
+        return p
+
+    def chunk_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--chunk-size", type=_positive_int, default=10_000, help="tasks per request")
+        p.add_argument("--progress", action="store_true", help="show progress even off a terminal")
+
+    p = pool_cmd(
+        "create", "create a pool (no-op if it exists identically) and add tasks", cmd_pool_create
+    )
+    p.add_argument("name", help="pool name")
+    p.add_argument(
+        "--tasks", metavar="FILE", help="JSONL or CSV: key, weak, strong, prior_alpha, prior_beta"
+    )
+    p.add_argument("--preset", default="bots", help="bots, explicit_only, implicit_only or uniform")
+    p.add_argument(
+        "--config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="config overrides, e.g. forgetting=0.2 mode=greedy",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the pool as JSON")
+    chunk_option(p)
+
+    p = pool_cmd("add", "add tasks to a pool (identical existing tasks are skipped)", cmd_pool_add)
+    p.add_argument("name", help="pool name")
+    p.add_argument("--tasks", metavar="FILE", required=True, help="JSONL or CSV task file")
+    chunk_option(p)
+
+    p = pool_cmd("show", "show a pool's config and statistics", cmd_pool_show)
+    p.add_argument("name", help="pool name")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = pool_cmd("list", "list pools", cmd_pool_list)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = pool_cmd("delete", "delete a pool and all its state", cmd_pool_delete)
+    p.add_argument("name", help="pool name")
+
+    p = pool_cmd("export", "write a pool's posteriors to a JSONL file", cmd_pool_export)
+    p.add_argument("name", help="pool name")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file ('-' for stdout)")
+    chunk_option(p)
+
+    p = pool_cmd("import", "create a pool from an export file", cmd_pool_import)
+    p.add_argument("file", help="file written by 'bots pool export'")
+    p.add_argument("--name", help="import under this name instead of the exported one")
+    chunk_option(p)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `bots` with ``argv`` (default: the process arguments); returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BotsError as exc:
+        print(f"error: {_rpc_failure(args, exc.code, exc.details)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: still one line, as promised, but say what it was
+        print(f"error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return code

@@ -1,0 +1,466 @@
+"""Conversions between the client's dataclasses and the bots.v1 protobuf messages.
+
+Shared by the sync and asyncio clients so that neither holds wire details.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
+
+from bots_api.v1 import selector_pb2 as pb
+
+from bots_client._errors import BotsError
+from bots_client._types import (
+    Outcome,
+    PoolConfig,
+    PoolHeader,
+    PoolInfo,
+    ReportResult,
+    SelectedTask,
+    Selection,
+    SelectionMode,
+    SelectionState,
+    Task,
+    TaskPosterior,
+)
+
+TaskLike: TypeAlias = "Task | str | Mapping[str, Any]"
+"""A task given as a `Task`, a bare key, or a mapping with Task's field names."""
+
+OutcomesLike: TypeAlias = (
+    "Mapping[str, tuple[float, float]] | Iterable[Outcome | tuple[str, float, float]]"
+)
+"""Outcomes as `Outcome` objects, (key, successes, trials) tuples, or key -> (s, t)."""
+
+ExportChunk: TypeAlias = "tuple[PoolHeader, list[TaskPosterior]]"
+"""One chunk of an export: the pool header (same object on every chunk) and its tasks."""
+
+DEFAULT_CHUNK_SIZE = 10_000
+
+T = TypeVar("T")
+
+_MODE_TO_PB = {
+    SelectionMode.THOMPSON: pb.SELECTION_MODE_THOMPSON,
+    SelectionMode.GREEDY: pb.SELECTION_MODE_GREEDY,
+    SelectionMode.SOFTMAX: pb.SELECTION_MODE_SOFTMAX,
+    SelectionMode.UNIFORM: pb.SELECTION_MODE_UNIFORM,
+}
+_MODE_FROM_PB = {int(v): k for k, v in _MODE_TO_PB.items()}
+
+_STATE_FROM_PB = {
+    int(pb.SELECTION_STATE_UNSPECIFIED): SelectionState.UNSPECIFIED,
+    int(pb.SELECTION_STATE_OPEN): SelectionState.OPEN,
+    int(pb.SELECTION_STATE_APPLIED): SelectionState.APPLIED,
+    int(pb.SELECTION_STATE_DISCARDED): SelectionState.DISCARDED,
+}
+
+_CONFIG_FLOATS = (
+    "forgetting",
+    "implicit_weight",
+    "pseudo_rollouts",
+    "target",
+    "momentum",
+    "temperature",
+    "selection_wait_seconds",
+    "min_reference_gap",
+)
+_TASK_FLOATS = ("weak", "strong", "prior_alpha", "prior_beta")
+
+
+# --- config ------------------------------------------------------------------
+
+
+def config_to_pb(config: PoolConfig | None) -> pb.PoolConfig:
+    """The protobuf form of a config; None fields stay unset."""
+    msg = pb.PoolConfig()
+    if config is None:
+        return msg
+    for name in _CONFIG_FLOATS:
+        value = getattr(config, name)
+        if value is not None:
+            setattr(msg, name, float(value))
+    if config.seed is not None:
+        msg.seed = int(config.seed)
+    if config.mode is not None:
+        msg.mode = _MODE_TO_PB[SelectionMode(config.mode)]
+    return msg
+
+
+def config_from_pb(msg: pb.PoolConfig) -> PoolConfig:
+    """The dataclass form of a config; unset fields (and an unknown mode) become None."""
+    values: dict[str, Any] = {
+        name: getattr(msg, name) for name in _CONFIG_FLOATS if msg.HasField(name)
+    }
+    if msg.HasField("seed"):
+        values["seed"] = msg.seed
+    mode = _MODE_FROM_PB.get(int(msg.mode))
+    if mode is not None:
+        values["mode"] = mode
+    return PoolConfig(**values)
+
+
+# --- tasks -------------------------------------------------------------------
+
+
+def task_fields(task: TaskLike) -> dict[str, Any]:
+    """The set fields of a task given as a `Task`, a bare key or a mapping.
+
+    Returns:
+        Keyword arguments for ``pb.Task`` (None fields left out).
+
+    Raises:
+        TypeError: For anything that is not a Task, str or mapping.
+        ValueError: For a mapping without a key or with unknown fields.
+    """
+    if isinstance(task, str):
+        return {"key": task}
+    if isinstance(task, Task):
+        fields: dict[str, Any] = {"key": task.key}
+        # Spelled out: this runs once per task of million-task pools.
+        if task.weak is not None:
+            fields["weak"] = float(task.weak)
+        if task.strong is not None:
+            fields["strong"] = float(task.strong)
+        if task.prior_alpha is not None:
+            fields["prior_alpha"] = float(task.prior_alpha)
+        if task.prior_beta is not None:
+            fields["prior_beta"] = float(task.prior_beta)
+        return fields
+    if isinstance(task, Mapping):
+        unknown = set(task) - {"key", *_TASK_FLOATS}
+        if unknown:
+            raise ValueError(f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}")
+        if "key" not in task:
+            raise ValueError("a task mapping needs a 'key'")
+        fields = {"key": task["key"]}
+        fields.update({k: float(task[k]) for k in _TASK_FLOATS if task.get(k) is not None})
+        return fields
+    raise TypeError(f"expected a Task, str or mapping, got {type(task).__name__}")
+
+
+def task_to_pb(task: TaskLike) -> pb.Task:
+    """The protobuf form of a task; None fields stay unset."""
+    return pb.Task(**task_fields(task))
+
+
+def task_from_pb(msg: pb.Task) -> Task:
+    """The dataclass form of a task; unset fields become None."""
+    return Task(
+        msg.key,
+        msg.weak if msg.HasField("weak") else None,
+        msg.strong if msg.HasField("strong") else None,
+        msg.prior_alpha if msg.HasField("prior_alpha") else None,
+        msg.prior_beta if msg.HasField("prior_beta") else None,
+    )
+
+
+def add_tasks_request(pool: str, tasks: Iterable[TaskLike]) -> pb.AddTasksRequest:
+    """An AddTasksRequest."""
+    msg = pb.AddTasksRequest(pool=pool)
+    _fill_tasks(msg.tasks, tasks)
+    return msg
+
+
+def _fill_tasks(repeated: Any, tasks: Iterable[TaskLike]) -> None:
+    # add() builds each task inside the request; a list of pb.Task would be copied in.
+    add = repeated.add
+    for task in tasks:
+        add(**task_fields(task))
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+# --- pools -------------------------------------------------------------------
+
+
+def pool_info_from_pb(msg: pb.PoolInfo) -> PoolInfo:
+    """The dataclass form of a PoolInfo (NaN statistics stay NaN)."""
+    return PoolInfo(
+        name=msg.name,
+        config=config_from_pb(msg.config),
+        task_count=msg.task_count,
+        steps_applied=msg.steps_applied,
+        open_selections=msg.open_selections,
+        last_effective_task_ratio=msg.last_effective_task_ratio,
+        rolling_effective_task_ratio=msg.rolling_effective_task_ratio,
+        capability=msg.capability,
+        tasks_with_references=msg.tasks_with_references,
+        selections_opened=msg.selections_opened,
+        selections_expired=msg.selections_expired,
+        mean_posterior=msg.mean_posterior,
+    )
+
+
+def pool_info_to_pb(info: PoolInfo) -> pb.PoolInfo:
+    """The protobuf form of a PoolInfo (used by tests and tools)."""
+    return pb.PoolInfo(
+        name=info.name,
+        config=config_to_pb(info.config),
+        task_count=info.task_count,
+        steps_applied=info.steps_applied,
+        open_selections=info.open_selections,
+        last_effective_task_ratio=info.last_effective_task_ratio,
+        rolling_effective_task_ratio=info.rolling_effective_task_ratio,
+        capability=info.capability,
+        tasks_with_references=info.tasks_with_references,
+        selections_opened=info.selections_opened,
+        selections_expired=info.selections_expired,
+        mean_posterior=info.mean_posterior,
+    )
+
+
+def create_request(
+    name: str, preset: str, config: PoolConfig | None, tasks: Iterable[TaskLike]
+) -> pb.CreatePoolRequest:
+    """A CreatePoolRequest."""
+    msg = pb.CreatePoolRequest(name=name, preset=preset, config=config_to_pb(config))
+    _fill_tasks(msg.tasks, tasks)
+    return msg
+
+
+# --- selections and reports ----------------------------------------------------
+
+
+def select_request(
+    pool: str, batch_size: int, run_id: str, step: int, expected_trials: float
+) -> pb.SelectBatchRequest:
+    """A SelectBatchRequest."""
+    return pb.SelectBatchRequest(
+        pool=pool,
+        batch_size=batch_size,
+        run_id=run_id,
+        step=step,
+        expected_trials=float(expected_trials),
+    )
+
+
+def selection_from_pb(msg: pb.SelectBatchResponse) -> Selection:
+    """The dataclass form of a SelectBatchResponse."""
+    return Selection(
+        selection_id=msg.selection_id,
+        tasks=tuple(
+            SelectedTask(
+                key=t.key, index=t.index, sampled_p=t.sampled_p, posterior_mean=t.posterior_mean
+            )
+            for t in msg.tasks
+        ),
+        replayed=msg.replayed,
+        posterior_version=msg.posterior_version,
+        expected_trials=msg.expected_trials,
+    )
+
+
+def coerce_outcomes(outcomes: OutcomesLike) -> list[Outcome]:
+    """Normalises the accepted outcome forms into a list of `Outcome`.
+
+    Raises:
+        TypeError: For an item of an unsupported shape.
+    """
+    if isinstance(outcomes, Mapping):
+        result = []
+        for key, value in outcomes.items():
+            successes, trials = value
+            result.append(Outcome(str(key), float(successes), float(trials)))
+        return result
+    result = []
+    for item in outcomes:
+        if isinstance(item, Outcome):
+            result.append(item)
+        elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 3:
+            key, successes, trials = item
+            result.append(Outcome(str(key), float(successes), float(trials)))
+        else:
+            raise TypeError(
+                f"expected an Outcome or a (key, successes, trials) tuple, got {item!r}"
+            )
+    return result
+
+
+def report_request(
+    pool: str, request_id: str, selection_id: str, outcomes: Sequence[Outcome], final: bool
+) -> pb.ReportOutcomesRequest:
+    """A ReportOutcomesRequest."""
+    return pb.ReportOutcomesRequest(
+        pool=pool,
+        request_id=request_id,
+        selection_id=selection_id,
+        outcomes=[
+            pb.Outcome(task_key=o.task_key, successes=float(o.successes), trials=float(o.trials))
+            for o in outcomes
+        ],
+        final=final,
+    )
+
+
+def report_result_from_pb(msg: pb.ReportOutcomesResponse) -> ReportResult:
+    """The dataclass form of a ReportOutcomesResponse."""
+    return ReportResult(
+        duplicate=msg.duplicate,
+        selection_state=_STATE_FROM_PB.get(int(msg.selection_state), SelectionState.UNSPECIFIED),
+        steps_applied=msg.steps_applied,
+        posterior_version=msg.posterior_version,
+    )
+
+
+# --- export / import -----------------------------------------------------------
+
+
+def header_to_pb(header: PoolHeader) -> pb.PoolHeader:
+    """The protobuf form of a PoolHeader."""
+    return pb.PoolHeader(
+        name=header.name,
+        config=config_to_pb(header.config),
+        task_count=header.task_count,
+        steps_applied=header.steps_applied,
+        capability=header.capability,
+        selections_opened=header.selections_opened,
+    )
+
+
+def header_from_pb(msg: pb.PoolHeader) -> PoolHeader:
+    """The dataclass form of a PoolHeader."""
+    return PoolHeader(
+        name=msg.name,
+        config=config_from_pb(msg.config),
+        task_count=msg.task_count,
+        steps_applied=msg.steps_applied,
+        capability=msg.capability,
+        selections_opened=msg.selections_opened,
+    )
+
+
+def posterior_to_pb(posterior: TaskPosterior) -> pb.TaskPosterior:
+    """The protobuf form of a TaskPosterior."""
+    return pb.TaskPosterior(
+        task=task_fields(posterior.task), alpha=float(posterior.alpha), beta=float(posterior.beta)
+    )
+
+
+def posterior_from_pb(msg: pb.TaskPosterior) -> TaskPosterior:
+    """The dataclass form of a TaskPosterior."""
+    return TaskPosterior(task_from_pb(msg.task), msg.alpha, msg.beta)
+
+
+class ExportReader:
+    """Turns the PosteriorChunk stream of an export into `ExportChunk` pairs.
+
+    The header arrives on the first chunk only; it is repeated on every pair.
+    """
+
+    def __init__(self) -> None:
+        self.header: PoolHeader | None = None
+
+    def read(self, msg: pb.PosteriorChunk) -> ExportChunk:
+        """Converts one chunk.
+
+        Raises:
+            BotsError: If the first chunk carries no header.
+        """
+        if self.header is None:
+            if not msg.HasField("header"):
+                raise BotsError("export stream did not start with a pool header")
+            self.header = header_from_pb(msg.header)
+        return self.header, [posterior_from_pb(t) for t in msg.tasks]
+
+
+class ImportWriter:
+    """Turns groups of posteriors into PosteriorChunk messages, the header on the first only."""
+
+    def __init__(self, name: str | None) -> None:
+        self.name = name
+        self.started = False
+
+    def chunk(self, header: PoolHeader, posteriors: Iterable[TaskPosterior]) -> pb.PosteriorChunk:
+        """The next message: ``posteriors``, plus the (renamed) header if it is the first."""
+        msg = pb.PosteriorChunk()
+        add = msg.tasks.add
+        for p in posteriors:
+            add(task=task_fields(p.task), alpha=float(p.alpha), beta=float(p.beta))
+        if not self.started:
+            msg.header.CopyFrom(import_header(header, self.name))
+            self.started = True
+        return msg
+
+    def closing(self, header: PoolHeader | None) -> list[pb.PosteriorChunk]:
+        """What remains to send at the end: a header-only chunk for an empty pool.
+
+        Raises:
+            ValueError: If nothing was sent and there is no header to send.
+        """
+        if self.started:
+            return []
+        if header is None:
+            raise ValueError("nothing to import: no chunks (an export always has a header)")
+        return [self.chunk(header, ())]
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of at most ``size`` consecutive items (lazily).
+
+    Raises:
+        ValueError: If ``size`` < 1.
+    """
+    _check_chunk_size(size)
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def import_requests(
+    source: PoolHeader | Iterable[tuple[PoolHeader, Sequence[TaskPosterior]]],
+    tasks: Iterable[TaskPosterior] | None,
+    name: str | None,
+    chunk_size: int,
+) -> Iterator[pb.PosteriorChunk]:
+    """The ImportPosteriors stream for (header, posteriors) pairs or a header + posteriors.
+
+    Arguments are checked now; the stream is produced lazily.
+
+    Raises:
+        TypeError: If ``tasks`` is given with pairs.
+        ValueError: If ``chunk_size`` < 1, or (lazily) if there is nothing to import.
+    """
+    check_import_args(source, tasks, chunk_size)
+    return _import_stream(source, tasks, name, chunk_size)
+
+
+def check_import_args(source: object, tasks: object, chunk_size: int) -> None:
+    """Validates the arguments of an import.
+
+    Raises:
+        TypeError: If ``tasks`` is given with pairs.
+        ValueError: If ``chunk_size`` < 1.
+    """
+    if tasks is not None and not isinstance(source, PoolHeader):
+        raise TypeError("tasks is only allowed when source is a PoolHeader")
+    _check_chunk_size(chunk_size)
+
+
+def _import_stream(
+    source: PoolHeader | Iterable[tuple[PoolHeader, Sequence[TaskPosterior]]],
+    tasks: Iterable[TaskPosterior] | None,
+    name: str | None,
+    chunk_size: int,
+) -> Iterator[pb.PosteriorChunk]:
+    writer = ImportWriter(name)
+    if isinstance(source, PoolHeader):
+        for group in batched(tasks or (), chunk_size):
+            yield writer.chunk(source, group)
+        yield from writer.closing(source)
+        return
+    for header, posteriors in source:
+        yield writer.chunk(header, posteriors)
+    yield from writer.closing(None)
+
+
+def import_header(header: PoolHeader, name: str | None) -> pb.PoolHeader:
+    """The header to send, renamed when ``name`` is given."""
+    msg = header_to_pb(header)
+    if name is not None:
+        msg.name = name
+    return msg
