@@ -18,13 +18,11 @@ import sys
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import grpc
 import numpy as np
 import redis
-
-from bench_selector import OUT, B, ROLLOUTS, free_port, make_rates, progress, timings
+from bench_selector import OUT, ROLLOUTS, B, free_port, make_rates, progress, timings
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
 from bots_server import _redis_keys as rk
@@ -33,8 +31,21 @@ from bots_server import _redis_keys as rk
 def start_redis(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
-         "--appendonly", "yes", "--appendfsync", "everysec"],
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            tmp,
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ],
         stdout=subprocess.DEVNULL,
     )
     r = redis.Redis(port=port)
@@ -49,8 +60,18 @@ def start_redis(tmp: str) -> tuple[subprocess.Popen[bytes], int]:
 
 def start_replica(data: str, redis_url: str = "") -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "bots_server", "serve", "--port", str(port), "--data-dir", data,
-           "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bots_server",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        data,
+        "--log-level",
+        "WARNING",
+    ]
     if redis_url:
         cmd += ["--redis-url", redis_url]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -71,9 +92,16 @@ def fill_pool(addr: str, name: str, n: int) -> None:
     s.CreatePool(pb.CreatePoolRequest(name=name))
     step = 50_000
     for lo in range(0, n, step):
-        s.AddTasks(pb.AddTasksRequest(pool=name, tasks=[
-            pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i]) for i in range(lo, min(n, lo + step))
-        ]), timeout=120)
+        s.AddTasks(
+            pb.AddTasksRequest(
+                pool=name,
+                tasks=[
+                    pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i])
+                    for i in range(lo, min(n, lo + step))
+                ],
+            ),
+            timeout=120,
+        )
         progress(f"  {name}: {min(n, lo + step):,}/{n:,} tasks")
 
 
@@ -93,20 +121,30 @@ def _report_worker(addr: str, name: str, n: int, seconds: float, seed: int, out:
     for _ in range(64):
         picked = rng.choice(n, B, replace=False)
         wins = rng.integers(0, ROLLOUTS + 1, B).astype(float)
-        requests.append([pb.Outcome(task_key=f"t{i}", successes=w, trials=ROLLOUTS)
-                         for i, w in zip(picked, wins)])
+        requests.append(
+            [
+                pb.Outcome(task_key=f"t{i}", successes=w, trials=ROLLOUTS)
+                for i, w in zip(picked, wins)
+            ]
+        )
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        s.ReportOutcomes(pb.ReportOutcomesRequest(
-            pool=name, request_id=uuid.uuid4().hex, outcomes=requests[done % 64]), timeout=30)
+        s.ReportOutcomes(
+            pb.ReportOutcomesRequest(
+                pool=name, request_id=uuid.uuid4().hex, outcomes=requests[done % 64]
+            ),
+            timeout=30,
+        )
         done += 1
     out.put(done)
 
 
 def report_throughput(addrs: list[str], name: str, n: int, clients: int, seconds: float) -> float:
     q: mp.Queue = mp.Queue()
-    procs = [mp.Process(target=_report_worker, args=(addrs[i % len(addrs)], name, n, seconds, i, q))
-             for i in range(clients)]
+    procs = [
+        mp.Process(target=_report_worker, args=(addrs[i % len(addrs)], name, n, seconds, i, q))
+        for i in range(clients)
+    ]
     for p in procs:
         p.start()
     total = sum(q.get(timeout=seconds + 120) for _ in procs)

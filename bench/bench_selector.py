@@ -23,7 +23,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
 from bots_core import PoolConfig, PoolState, TaskSpec, aggregate, apply_step, select_batch
@@ -112,8 +111,18 @@ def free_port() -> int:
 def bench_grpc(n: int, reps: int) -> dict[str, float]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
-        cmd = [sys.executable, "-m", "bots_server", "serve", "--port", str(port),
-               "--data-dir", data, "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bots_server",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            data,
+            "--log-level",
+            "WARNING",
+        ]
         proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         try:
             opts = [("grpc.max_send_message_length", 64 << 20)]
@@ -125,9 +134,15 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
                 stub.CreatePool(pb.CreatePoolRequest(name="bench"))
                 step = 50_000
                 for lo in range(0, n, step):
-                    stub.AddTasks(pb.AddTasksRequest(pool="bench", tasks=[
-                        pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i])
-                        for i in range(lo, min(n, lo + step))]))
+                    stub.AddTasks(
+                        pb.AddTasksRequest(
+                            pool="bench",
+                            tasks=[
+                                pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i])
+                                for i in range(lo, min(n, lo + step))
+                            ],
+                        )
+                    )
                 progress(f"gRPC N={n:,}: SelectBatch x{reps}")
                 req = pb.SelectBatchRequest(pool="bench", batch_size=B)
                 sel = timings(lambda: stub.SelectBatch(req, timeout=30), reps)
@@ -135,10 +150,21 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
 
                 def report() -> None:
                     picked = rng.choice(n, B, replace=False)
-                    stub.ReportOutcomes(pb.ReportOutcomesRequest(
-                        pool="bench", request_id=uuid.uuid4().hex,
-                        outcomes=[pb.Outcome(task_key=f"t{i}", successes=float(rng.integers(0, 17)),
-                                             trials=ROLLOUTS) for i in picked]), timeout=30)
+                    stub.ReportOutcomes(
+                        pb.ReportOutcomesRequest(
+                            pool="bench",
+                            request_id=uuid.uuid4().hex,
+                            outcomes=[
+                                pb.Outcome(
+                                    task_key=f"t{i}",
+                                    successes=float(rng.integers(0, 17)),
+                                    trials=ROLLOUTS,
+                                )
+                                for i in picked
+                            ],
+                        ),
+                        timeout=30,
+                    )
 
                 progress(f"gRPC N={n:,}: ReportOutcomes x{reps}")
                 rep = timings(report, reps)
@@ -181,9 +207,13 @@ def plot(rows: dict[int, dict[str, float]], path: Path) -> bool:
         return False
     ns = list(rows)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in [("naive_select_p50", "naive select"), ("select_p50", "engine select"),
-                       ("grpc_select_p50", "SelectBatch (gRPC)"), ("update_p50", "engine update"),
-                       ("grpc_report_p50", "ReportOutcomes (gRPC)")]:
+    for key, label in [
+        ("naive_select_p50", "naive select"),
+        ("select_p50", "engine select"),
+        ("grpc_select_p50", "SelectBatch (gRPC)"),
+        ("update_p50", "engine update"),
+        ("grpc_report_p50", "ReportOutcomes (gRPC)"),
+    ]:
         ax.plot(ns, [rows[n][key] for n in ns], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -1,9 +1,9 @@
 """Errors raised by the BOTS engine.
 
-    BotsCoreError
-    ├── InvalidInputError   malformed input, whatever the state (NaN, s > t, ...)
-    ├── UnknownTaskError    a task key that the pool does not hold
-    └── TaskConflictError   a key registered again with different attributes
+BotsCoreError
+├── InvalidInputError   malformed input, whatever the state (NaN, s > t, ...)
+├── UnknownTaskError    a task key that the pool does not hold
+└── TaskConflictError   a key registered again with different attributes
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Se
     """
     n = state.task_count
     if not 1 <= batch_size <= n:
-        raise InvalidInputError(f"batch_size must be in [1, {n}] for pool {state.name!r}, got {batch_size}")
+        raise InvalidInputError(
+            f"batch_size must be in [1, {n}] for pool {state.name!r}, got {batch_size}"
+        )
     cfg = state.config
     ss = seed_sequence(cfg.seed, selection_number)
     merge_rng = np.random.default_rng(ss)
@@ -154,13 +156,14 @@ def thompson_candidates(
             keep = np.flatnonzero(key <= cut)
         else:
             keep = np.arange(len(key))
-        return (keep + lo).astype(np.int64), p[keep].astype(np.float64), key[keep].astype(np.float64)
+        return (
+            (keep + lo).astype(np.int64),
+            p[keep].astype(np.float64),
+            key[keep].astype(np.float64),
+        )
 
     chunks = list(range(len(starts)))
-    if len(chunks) > 1:
-        results = list(_threads().map(run, chunks))
-    else:
-        results = [run(0)]
+    results = list(_threads().map(run, chunks)) if len(chunks) > 1 else [run(0)]
     idx = np.concatenate([r[0] for r in results])
     draws = np.concatenate([r[1] for r in results])
     keys = np.concatenate([r[2] for r in results])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,9 +34,7 @@ class Evidence:
 
     @classmethod
     def empty(cls) -> Evidence:
-        return cls(
-            np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.float64)
-        )
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.float64))
 
 
 def check_counts(key: str, successes: float, trials: float) -> None:
@@ -47,14 +46,10 @@ def check_counts(key: str, successes: float, trials: float) -> None:
     if successes < 0:
         raise InvalidInputError(f"task {key!r}: successes must be >= 0, got {successes}")
     if successes > trials:
-        raise InvalidInputError(
-            f"task {key!r}: successes ({successes}) exceed trials ({trials})"
-        )
+        raise InvalidInputError(f"task {key!r}: successes ({successes}) exceed trials ({trials})")
 
 
-def aggregate(
-    state: PoolState, outcomes: Iterable[tuple[str, float, float]]
-) -> Evidence:
+def aggregate(state: PoolState, outcomes: Iterable[tuple[str, float, float]]) -> Evidence:
     """Validates (key, successes, trials) triples and sums them per task.
 
     Sums use ``math.fsum`` (exactly rounded), so the result does not depend on
@@ -87,8 +82,8 @@ def aggregate(
     bounds = [*starts.tolist(), len(idx)]
     return Evidence(
         uniq.astype(np.int64),
-        np.array([math.fsum(s[a:b]) for a, b in zip(bounds, bounds[1:])], dtype=np.float64),
-        np.array([math.fsum(t[a:b]) for a, b in zip(bounds, bounds[1:])], dtype=np.float64),
+        np.array([math.fsum(s[a:b]) for a, b in itertools.pairwise(bounds)], dtype=np.float64),
+        np.array([math.fsum(t[a:b]) for a, b in itertools.pairwise(bounds)], dtype=np.float64),
     )
 
 

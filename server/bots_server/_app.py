@@ -9,10 +9,10 @@ from concurrent import futures
 from types import FrameType
 
 import grpc
+from bots_api.v1 import selector_pb2, selector_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from bots_api.v1 import selector_pb2, selector_pb2_grpc
 from bots_server._embedded import EmbeddedStore
 from bots_server._servicer import TaskSelectorServicer
 from bots_server._settings import ServerSettings, redact_url
@@ -61,7 +61,9 @@ class RunningServer:
         self.health = health_servicer
         self.port = port
         self.settings = settings
-        self.address = f"{settings.host}:{port}" if ":" not in settings.host else f"[{settings.host}]:{port}"
+        self.address = (
+            f"{settings.host}:{port}" if ":" not in settings.host else f"[{settings.host}]:{port}"
+        )
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._watcher = threading.Thread(target=self._watch, name="bots-watch", daemon=True)
@@ -123,7 +125,7 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
         options=opts,
         maximum_concurrent_rpcs=None,
     )
-    selector_pb2_grpc.add_TaskSelectorServicer_to_server(
+    selector_pb2_grpc.add_TaskSelectorServicer_to_server(  # type: ignore[no-untyped-call]
         TaskSelectorServicer(store, settings), server
     )
     health_servicer = health.HealthServicer()
@@ -165,7 +167,11 @@ def serve(settings: ServerSettings) -> int:
         return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("received %s, draining for up to %.1fs", signal.Signals(signum).name, settings.grace_seconds)
+        log.info(
+            "received %s, draining for up to %.1fs",
+            signal.Signals(signum).name,
+            settings.grace_seconds,
+        )
         threading.Thread(target=running.stop, name="bots-stop").start()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from bots_core import InvalidInputError
+
 from bots_server._store import FloatArray
 
 _MAGIC = b"BTC1"
@@ -35,8 +35,11 @@ class Columns:
 
     def slice(self, lo: int, hi: int) -> Columns:
         return Columns(
-            self.keys[lo:hi], self.weak[lo:hi], self.strong[lo:hi],
-            self.prior_alpha[lo:hi], self.prior_beta[lo:hi],
+            self.keys[lo:hi],
+            self.weak[lo:hi],
+            self.strong[lo:hi],
+            self.prior_alpha[lo:hi],
+            self.prior_beta[lo:hi],
         )
 
     def concat(self, other: Columns) -> Columns:
@@ -55,8 +58,10 @@ class Columns:
         body = b"".join(
             [
                 struct.pack("<I", len(self.keys)),
-                *(np.ascontiguousarray(a, dtype="<f8").tobytes()
-                  for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)),
+                *(
+                    np.ascontiguousarray(a, dtype="<f8").tobytes()
+                    for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)
+                ),
                 lengths.tobytes(),
                 b"".join(raw_keys),
             ]
@@ -67,7 +72,7 @@ class Columns:
     def decode(cls, data: bytes) -> Columns:
         if not data.startswith(_MAGIC):
             raise InvalidInputError("corrupt task chunk")
-        body = zlib.decompress(data[len(_MAGIC):])
+        body = zlib.decompress(data[len(_MAGIC) :])
         (n,) = struct.unpack_from("<I", body, 0)
         pos = 4
         cols = []

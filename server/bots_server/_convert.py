@@ -6,6 +6,7 @@ import math
 
 from bots_api.v1 import selector_pb2 as pb
 from bots_core import PoolConfig, SelectionMode, TaskSpec, preset
+
 from bots_server._model import (
     PoolHeaderView,
     PoolStats,

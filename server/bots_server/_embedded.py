@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-
 from bots_core import PoolConfig, PoolState, TaskSpec
+
 from bots_server._errors import (
     AlreadyExists,
     InvalidArgument,
@@ -184,7 +184,7 @@ class EmbeddedStore(Store):
                 added = state.add_tasks(tasks)
                 runtime = PoolRuntime(state, uuid.uuid4().hex[:12])
                 try:
-                    pool = self._install(runtime)
+                    self._install(runtime)
                 except OSError as exc:
                     raise StoreUnavailable(f"could not create pool {name!r}: {exc}") from exc
                 return runtime.stats(), True, added
@@ -269,12 +269,22 @@ class EmbeddedStore(Store):
         def run(pool: _Pool) -> PoolDump:
             st = pool.runtime.state
             header = PoolHeaderView(
-                st.name, st.config, st.task_count, st.steps_applied, st.capability,
+                st.name,
+                st.config,
+                st.task_count,
+                st.steps_applied,
+                st.capability,
                 st.selections_opened,
             )
             return PoolDump(
-                header, list(st.keys), st.weak.copy(), st.strong.copy(), st.alpha0.copy(),
-                st.beta0.copy(), st.alpha.copy(), st.beta.copy(),
+                header,
+                list(st.keys),
+                st.weak.copy(),
+                st.strong.copy(),
+                st.alpha0.copy(),
+                st.beta0.copy(),
+                st.alpha.copy(),
+                st.beta.copy(),
             )
 
         return self._locked(name, run)

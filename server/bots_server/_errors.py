@@ -1,19 +1,18 @@
 """Domain errors of the server and their one mapping to gRPC status codes.
 
-    ServiceError
-    ├── InvalidArgument     malformed request, whatever the state
-    ├── NotFound            unknown pool, task or selection
-    ├── AlreadyExists       reused id with another payload, pool with another config
-    ├── FailedPrecondition  not allowed in the current state (e.g. selection closed)
-    ├── ResourceExhausted   a configured limit
-    ├── StoreUnavailable    the store cannot be reached or written
-    └── DataLoss            the store lost a pool (e.g. Redis restarted empty)
+ServiceError
+├── InvalidArgument     malformed request, whatever the state
+├── NotFound            unknown pool, task or selection
+├── AlreadyExists       reused id with another payload, pool with another config
+├── FailedPrecondition  not allowed in the current state (e.g. selection closed)
+├── ResourceExhausted   a configured limit
+├── StoreUnavailable    the store cannot be reached or written
+└── DataLoss            the store lost a pool (e.g. Redis restarted empty)
 """
 
 from __future__ import annotations
 
 import grpc
-
 from bots_core import BotsCoreError, InvalidInputError, TaskConflictError, UnknownTaskError
 
 

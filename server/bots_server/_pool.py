@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from bots_core import (
     Evidence,
     InvalidInputError,
@@ -32,6 +31,7 @@ from bots_core import (
     check_counts,
     select_batch,
 )
+
 from bots_server._errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -326,10 +326,10 @@ class PoolRuntime:
         if op == "report":
             return self._apply_report(record)
         if op == "expire":
-            sel = self.open.get(record["selection"])
-            if sel is not None:
+            due = self.open.get(record["selection"])
+            if due is not None:
                 self.selections_expired += 1
-                self._close(sel)
+                self._close(due)
             return None
         raise InvalidInputError(f"unknown record op {op!r}")
 
@@ -429,7 +429,9 @@ class PoolRuntime:
 
 
 def _b64(a: npt.NDArray[Any]) -> str:
-    return base64.b64encode(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()).decode()
+    return base64.b64encode(
+        np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
+    ).decode()
 
 
 def _unb64(s: str, dtype: type[np.generic]) -> npt.NDArray[Any]:

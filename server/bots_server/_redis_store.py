@@ -33,9 +33,6 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 import redis.cluster
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
 from bots_core import (
     Evidence,
     PoolConfig,
@@ -46,6 +43,9 @@ from bots_core import (
     apply_step,
     select_batch,
 )
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
 from bots_server import _redis_keys as rk
 from bots_server._columns import Columns, columns_of
 from bots_server._errors import (
@@ -167,8 +167,15 @@ class RedisStore(Store):
         self._scripts = {
             name: self.r.register_script(_script_source(name))
             for name in (
-                "create_pool", "add_tasks", "select_begin", "select_commit", "report",
-                "expire", "checkpoint", "delete_pool", "import_pool",
+                "create_pool",
+                "add_tasks",
+                "select_begin",
+                "select_commit",
+                "report",
+                "expire",
+                "checkpoint",
+                "delete_pool",
+                "import_pool",
             )
         }
         self._cache: dict[str, _Replica] = {}
@@ -198,14 +205,18 @@ class RedisStore(Store):
         log.error(
             "Redis epoch changed from %s to %s: the store was reset and lost its data; "
             "pools %s are gone",
-            self.epoch, current, sorted(lost) or "(none cached)",
+            self.epoch,
+            current,
+            sorted(lost) or "(none cached)",
         )
         self.epoch = current
         return False
 
     # -------------------------------------------------------------- scripts
     def _run(self, name: str, keys: rk.PoolKeys, *args: Any) -> list[Any]:
-        reply: list[Any] = self._scripts[name](keys=[keys.meta], args=[keys.incarnation, keys.prefix, *args])
+        reply: list[Any] = self._scripts[name](
+            keys=[keys.meta], args=[keys.incarnation, keys.prefix, *args]
+        )
         if reply[0] == b"err":
             kind, msg = reply[1].decode(), reply[2].decode()
             if kind in ("gone", "stale"):
@@ -342,8 +353,11 @@ class RedisStore(Store):
             "recent_etr": list(st.recent_etr),
         }
         self._run(
-            "checkpoint", rep.keys, rep.seq,
-            st.alpha.astype("<f8").tobytes(), st.beta.astype("<f8").tobytes(),
+            "checkpoint",
+            rep.keys,
+            rep.seq,
+            st.alpha.astype("<f8").tobytes(),
+            st.beta.astype("<f8").tobytes(),
             json.dumps(info),
         )
 
@@ -389,7 +403,9 @@ class RedisStore(Store):
                 chunk = rk.TASK_CHUNK
                 first = have // chunk
                 merged = rep.columns.slice(first * chunk, have).concat(new)
-                blobs = [merged.slice(lo, lo + chunk).encode() for lo in range(0, len(merged), chunk)]
+                blobs = [
+                    merged.slice(lo, lo + chunk).encode() for lo in range(0, len(merged), chunk)
+                ]
                 try:
                     self._run("add_tasks", rep.keys, have, have + len(fresh), first, *blobs)
                 except _ScriptError as exc:
@@ -470,10 +486,17 @@ class RedisStore(Store):
             version = rep.state.steps_applied
             deadline = self.clock() + rep.config.selection_wait_seconds
             reply = self._run(
-                "select_commit", rep.keys, run, number,
-                drawn.indices.astype("<u4").tobytes(), drawn.sampled.astype("<f8").tobytes(),
-                drawn.means.astype("<f8").tobytes(), repr(float(expected)), repr(deadline),
-                version, int(rep.config.selection_wait_seconds) + self.retention,
+                "select_commit",
+                rep.keys,
+                run,
+                number,
+                drawn.indices.astype("<u4").tobytes(),
+                drawn.sampled.astype("<f8").tobytes(),
+                drawn.means.astype("<f8").tobytes(),
+                repr(float(expected)),
+                repr(deadline),
+                version,
+                int(rep.config.selection_wait_seconds) + self.retention,
             )
             if reply[0] == b"existing":
                 return self._existing(rep, reply, batch_size, expected, run_id, step)
@@ -481,11 +504,18 @@ class RedisStore(Store):
                 SelectedTaskView(rep.state.keys[int(i)], int(i), float(p), float(m))
                 for i, p, m in zip(drawn.indices, drawn.sampled, drawn.means)
             )
-            return SelectionView(f"{rep.keys.incarnation}-{number}", tasks, False, version, expected)
+            return SelectionView(
+                f"{rep.keys.incarnation}-{number}", tasks, False, version, expected
+            )
 
     def _existing(
-        self, rep: _Replica, reply: list[Any], batch_size: int, expected: float,
-        run_id: str, step: int,
+        self,
+        rep: _Replica,
+        reply: list[Any],
+        batch_size: int,
+        expected: float,
+        run_id: str,
+        step: int,
     ) -> SelectionView:
         number = int(reply[1])
         idx = np.frombuffer(reply[2], dtype="<u4").astype(np.int64)
@@ -526,8 +556,15 @@ class RedisStore(Store):
             packed["i"], packed["s"], packed["t"] = ev.indices, ev.successes, ev.trials
             try:
                 reply = self._run(
-                    "report", rep.keys, request_id, digest, number, "1" if final else "0",
-                    packed.tobytes(), self.dedup_ttl, self.retention,
+                    "report",
+                    rep.keys,
+                    request_id,
+                    digest,
+                    number,
+                    "1" if final else "0",
+                    packed.tobytes(),
+                    self.dedup_ttl,
+                    self.retention,
                 )
             except _ScriptError as exc:
                 raise _report_error(exc, selection_id, rep) from None
@@ -543,8 +580,14 @@ class RedisStore(Store):
                 st.name, st.config, st.task_count, st.steps_applied, st.capability, selctr
             )
             return PoolDump(
-                header, list(st.keys), st.weak.copy(), st.strong.copy(), st.alpha0.copy(),
-                st.beta0.copy(), st.alpha.copy(), st.beta.copy(),
+                header,
+                list(st.keys),
+                st.weak.copy(),
+                st.strong.copy(),
+                st.alpha0.copy(),
+                st.beta0.copy(),
+                st.alpha.copy(),
+                st.beta.copy(),
             )
 
     @_redis_errors
@@ -557,17 +600,24 @@ class RedisStore(Store):
         cols = Columns(list(state.keys), state.weak, state.strong, state.alpha0, state.beta0)
         chunk = rk.TASK_CHUNK
         blobs = [cols.slice(lo, lo + chunk).encode() for lo in range(0, len(cols), chunk)]
-        info = {
+        info: dict[str, Any] = {
             "n": state.task_count,
             "capability": None if math.isnan(state.capability) else state.capability,
             "steps": state.steps_applied,
             "recent_etr": [],
         }
         reply = self._run(
-            "import_pool", keys, json.dumps(h.config.to_dict(), sort_keys=True), self.clock(),
-            state.task_count, state.steps_applied, h.selections_opened,
-            state.alpha.astype("<f8").tobytes(), state.beta.astype("<f8").tobytes(),
-            json.dumps(info), *blobs,
+            "import_pool",
+            keys,
+            json.dumps(h.config.to_dict(), sort_keys=True),
+            self.clock(),
+            state.task_count,
+            state.steps_applied,
+            h.selections_opened,
+            state.alpha.astype("<f8").tobytes(),
+            state.beta.astype("<f8").tobytes(),
+            json.dumps(info),
+            *blobs,
         )
         if reply[0] == b"existing":
             raise AlreadyExists(f"pool {h.name!r} already exists")
@@ -652,8 +702,11 @@ def _plan_new(rep: _Replica, specs: Sequence[TaskSpec]) -> list[TaskSpec]:
         i = rep.task_index.get(spec.key)
         if i is not None:
             have = TaskSpec(
-                spec.key, float(cols.weak[i]), float(cols.strong[i]),
-                float(cols.prior_alpha[i]), float(cols.prior_beta[i]),
+                spec.key,
+                float(cols.weak[i]),
+                float(cols.strong[i]),
+                float(cols.prior_alpha[i]),
+                float(cols.prior_beta[i]),
             )
             if not have.same_as(spec):
                 raise TaskConflictError(

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc as pb_grpc
+
 from bots_server import _convert as cv
 from bots_server._errors import InvalidArgument, status_for
 from bots_server._model import OutcomeIn
@@ -57,9 +57,7 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
         config = cv.config_from_pb(request.preset, request.config)
         tasks = [cv.task_from_pb(t) for t in request.tasks]
         stats, created, added = self.store.create_pool(request.name, config, tasks)
-        return pb.CreatePoolResponse(
-            pool=cv.stats_to_pb(stats), created=created, tasks_added=added
-        )
+        return pb.CreatePoolResponse(pool=cv.stats_to_pb(stats), created=created, tasks_added=added)
 
     @_rpc
     def AddTasks(self, request: pb.AddTasksRequest, context: Any) -> pb.AddTasksResponse:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
 from bots_core import PoolConfig, TaskSpec
+
 from bots_server._model import OutcomeIn, PoolHeaderView, PoolStats, ReportAck, SelectionView
 
 FloatArray = npt.NDArray[np.float64]

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from bots_client import SelectorClient, Task
 from bots_core import PoolConfig, PoolState, TaskSpec, aggregate, apply_step
 
@@ -33,8 +32,22 @@ def start_workers(
     procs = []
     for w in range(workers):
         out = out_dir / f"worker-{w}.json"
-        cmd = [sys.executable, str(WORKER), "--targets", ",".join(targets), "--pool", pool,
-               "--run", f"trainer-{w}", "--steps", str(steps), "--seed", str(w), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            str(WORKER),
+            "--targets",
+            ",".join(targets),
+            "--pool",
+            pool,
+            "--run",
+            f"trainer-{w}",
+            "--steps",
+            str(steps),
+            "--seed",
+            str(w),
+            "--out",
+            str(out),
+        ]
         if lb:
             cmd.append("--lb")
         procs.append((subprocess.Popen(cmd, stderr=subprocess.PIPE), out))

@@ -71,8 +71,11 @@ def main() -> int:
             sends = 1 + (rng.random() < 0.3) + (rng.random() < 0.1)
             for _ in range(sends):
                 ack = call(
-                    "report_outcomes", args.pool, outcomes,
-                    selection_id=sel.selection_id, request_id=rid,
+                    "report_outcomes",
+                    args.pool,
+                    outcomes,
+                    selection_id=sel.selection_id,
+                    request_id=rid,
                 )
                 duplicates += ack.duplicate
                 if ack.steps_applied:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -57,10 +58,8 @@ class TcpProxy:
     def _close(self, sock: socket.socket) -> None:
         with self._lock:
             self._conns.discard(sock)
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         sock.close()
 
     def drop_all(self) -> int:

@@ -9,13 +9,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
 from bots_core import PoolConfig, PoolState, TaskSpec, aggregate, apply_step
 from bots_server._embedded import EmbeddedStore
 from bots_server._model import OutcomeIn
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 N_TASKS = 40
 
@@ -58,8 +57,13 @@ def test_acknowledged_reports_survive_kill_9_exactly_once(server_process, snapsh
     stop = threading.Event()
     with grpc.insecure_channel(server_process.address) as ch:
         stub = selector_pb2_grpc.TaskSelectorStub(ch)
-        stub.CreatePool(pb.CreatePoolRequest(
-            name="p", preset="explicit_only", tasks=[pb.Task(key=f"t{k}") for k in range(N_TASKS)]))
+        stub.CreatePool(
+            pb.CreatePoolRequest(
+                name="p",
+                preset="explicit_only",
+                tasks=[pb.Task(key=f"t{k}") for k in range(N_TASKS)],
+            )
+        )
 
         def load() -> None:
             i = 0
@@ -101,11 +105,16 @@ def test_open_selection_and_partial_evidence_survive_a_restart(server_process):
     server_process.start()
     with grpc.insecure_channel(server_process.address) as ch:
         stub = selector_pb2_grpc.TaskSelectorStub(ch)
-        stub.CreatePool(pb.CreatePoolRequest(name="p", tasks=[pb.Task(key=f"t{k}") for k in range(10)]))
+        stub.CreatePool(
+            pb.CreatePoolRequest(name="p", tasks=[pb.Task(key=f"t{k}") for k in range(10)])
+        )
         sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=3, run_id="r", step=5))
         first = [pb.Outcome(task_key=t.key, successes=2, trials=8) for t in sel.tasks]
-        stub.ReportOutcomes(pb.ReportOutcomesRequest(
-            pool="p", request_id="a", selection_id=sel.selection_id, outcomes=first))
+        stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(
+                pool="p", request_id="a", selection_id=sel.selection_id, outcomes=first
+            )
+        )
     server_process.kill()
     server_process.start()
     with grpc.insecure_channel(server_process.address) as ch:
@@ -114,8 +123,11 @@ def test_open_selection_and_partial_evidence_survive_a_restart(server_process):
         assert again.replayed and again.selection_id == sel.selection_id
         assert [t.key for t in again.tasks] == [t.key for t in sel.tasks]
         second = [pb.Outcome(task_key=t.key, successes=6, trials=8) for t in sel.tasks]
-        ack = stub.ReportOutcomes(pb.ReportOutcomesRequest(
-            pool="p", request_id="b", selection_id=sel.selection_id, outcomes=second))
+        ack = stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(
+                pool="p", request_id="b", selection_id=sel.selection_id, outcomes=second
+            )
+        )
         assert ack.selection_state == pb.SELECTION_STATE_APPLIED
         alpha, beta = export(stub)
     picked = [t.index for t in sel.tasks]
@@ -128,7 +140,10 @@ def test_sigterm_drains_and_exits_cleanly(server_process):
     server_process.start()
     with grpc.insecure_channel(server_process.address) as ch:
         h = health_pb2_grpc.HealthStub(ch)
-        assert h.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert (
+            h.Check(health_pb2.HealthCheckRequest()).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     assert server_process.terminate() == 0
 
 

@@ -8,18 +8,26 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis.cluster import RedisCluster
-from sharing_support import assert_service_matches_replay, create_pool, start_workers, wait_workers
-
 from bots_server import _redis_keys as rk
-from conftest import RedisProcess, ServerProcess, free_port
+from redis.cluster import RedisCluster
+from service_procs import RedisProcess, ServerProcess, free_port
+from sharing_support import assert_service_matches_replay, create_pool, start_workers, wait_workers
 
 
 @pytest.fixture
 def redis_cluster(tmp_path: Path):
     nodes = [
-        RedisProcess(tmp_path / f"node-{i}", extra=("--cluster-enabled", "yes",
-                     "--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "2000"))
+        RedisProcess(
+            tmp_path / f"node-{i}",
+            extra=(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{i}.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ),
+        )
         for i in range(3)
     ]
     for n in nodes:
@@ -27,8 +35,18 @@ def redis_cluster(tmp_path: Path):
     try:
         addrs = [f"127.0.0.1:{n.port}" for n in nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addrs,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -47,7 +65,9 @@ def redis_cluster(tmp_path: Path):
 def test_pools_spread_over_shards_and_share_exactly(redis_cluster, tmp_path):
     url = redis_cluster[0].url
     servers = [
-        ServerProcess(tmp_path / f"r{i}", free_port(), "--redis-url", url, "--redis-cluster").start()
+        ServerProcess(
+            tmp_path / f"r{i}", free_port(), "--redis-url", url, "--redis-cluster"
+        ).start()
         for i in range(2)
     ]
     try:

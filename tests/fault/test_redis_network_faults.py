@@ -6,19 +6,21 @@ import threading
 from pathlib import Path
 
 import pytest
+from service_procs import RedisProcess, ServerProcess, free_port
 from sharing_support import assert_service_matches_replay, create_pool, start_workers, wait_workers
 from tcp_proxy import TcpProxy
 
-from conftest import RedisProcess, ServerProcess, free_port
-
 
 @pytest.mark.slow
-def test_dropped_redis_connections_neither_lose_nor_duplicate_steps(tmp_path: Path, redis_server: RedisProcess):
+def test_dropped_redis_connections_neither_lose_nor_duplicate_steps(
+    tmp_path: Path, redis_server: RedisProcess
+):
     proxy = TcpProxy(redis_server.port)
     url = f"redis://127.0.0.1:{proxy.port}/0"
     servers = [
-        ServerProcess(tmp_path / f"r{i}", free_port(), "--redis-url", url,
-                      "--redis-timeout-seconds", "1").start()
+        ServerProcess(
+            tmp_path / f"r{i}", free_port(), "--redis-url", url, "--redis-timeout-seconds", "1"
+        ).start()
         for i in range(2)
     ]
     stop = threading.Event()

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from bots_client import (
+    BotsError,
+    SelectorClient,
+    UnavailableError,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_procs import RedisProcess, ServerProcess, free_port
 from sharing_support import (
     assert_service_matches_replay,
     create_pool,
@@ -16,19 +22,20 @@ from sharing_support import (
     wait_workers,
 )
 
-from bots_client import (
-    BotsError,
-    SelectorClient,
-    UnavailableError,
-)
-from conftest import RedisProcess, ServerProcess, free_port
-
 
 def replicas(tmp_path: Path, redis_url: str, count: int) -> list[ServerProcess]:
     out = []
     for i in range(count):
-        proc = ServerProcess(tmp_path / f"replica-{i}", free_port(), "--redis-url", redis_url,
-                             "--expiry-interval-seconds", "0.2", "--redis-timeout-seconds", "1")
+        proc = ServerProcess(
+            tmp_path / f"replica-{i}",
+            free_port(),
+            "--redis-url",
+            redis_url,
+            "--expiry-interval-seconds",
+            "0.2",
+            "--redis-timeout-seconds",
+            "1",
+        )
         out.append(proc.start())
     return out
 
@@ -57,7 +64,9 @@ def test_a_select_after_a_report_on_another_replica_sees_it(cluster_of_two):
     with SelectorClient(a) as ca, SelectorClient(b) as cb:
         for step in range(20):
             sel = ca.select_batch("p", 4, run_id="r", step=step)
-            ack = cb.report_outcomes("p", [(k, 3, 16) for k in sel.keys], selection_id=sel.selection_id)
+            ack = cb.report_outcomes(
+                "p", [(k, 3, 16) for k in sel.keys], selection_id=sel.selection_id
+            )
             # The next draw on the other replica uses the posterior this report produced.
             nxt = ca.select_batch("p", 4, run_id="r", step=step + 100)
             assert nxt.posterior_version == ack.posterior_version
@@ -78,9 +87,9 @@ def test_killing_a_replica_under_load_loses_and_duplicates_nothing(cluster_of_tw
 
 def health_status(target: str) -> int:
     with grpc.insecure_channel(target) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        ).status
+        return (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        )
 
 
 def wait_for(cond, timeout: float = 15.0) -> None:
@@ -101,7 +110,8 @@ def test_redis_crash_with_aof_keeps_every_acknowledged_report(tmp_path):
 
         def send(i: int):
             return client.report_outcomes(
-                "p", [(f"task-{(i * 7 + j) % 300}", float((i + j) % 9), 8.0) for j in range(3)],
+                "p",
+                [(f"task-{(i * 7 + j) % 300}", float((i + j) % 9), 8.0) for j in range(3)],
                 request_id=f"r{i}",
             )
 
@@ -126,7 +136,9 @@ def test_redis_crash_with_aof_keeps_every_acknowledged_report(tmp_path):
         with pytest.raises(UnavailableError):
             client.get_pool("p", timeout=3)
         assert time.monotonic() - t0 < 3 * 3 + 2
-        wait_for(lambda: health_status(replica.address) == health_pb2.HealthCheckResponse.NOT_SERVING)
+        wait_for(
+            lambda: health_status(replica.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         redis_proc.start()
         wait_for(lambda: health_status(replica.address) == health_pb2.HealthCheckResponse.SERVING)
         in_flight = len(acked)

@@ -8,10 +8,9 @@ import time
 
 import grpc
 import pytest
+from bots_api.v1 import selector_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from bots_api.v1 import selector_pb2 as pb
 
 Code = grpc.StatusCode
 
@@ -75,7 +74,10 @@ def test_create_pool_applies_preset_then_overrides(stub):
     )
     c = r.pool.config
     assert (c.forgetting, c.implicit_weight, c.mode, c.seed) == (
-        1.0, 1.0, pb.SELECTION_MODE_GREEDY, 7,
+        1.0,
+        1.0,
+        pb.SELECTION_MODE_GREEDY,
+        7,
     )
 
 
@@ -94,7 +96,9 @@ def test_create_pool_applies_preset_then_overrides(stub):
     ],
 )
 def test_create_pool_rejects_bad_input_and_creates_nothing(stub, request_kwargs, match):
-    expect(Code.INVALID_ARGUMENT, stub.CreatePool, pb.CreatePoolRequest(**request_kwargs), match=match)
+    expect(
+        Code.INVALID_ARGUMENT, stub.CreatePool, pb.CreatePoolRequest(**request_kwargs), match=match
+    )
     assert list(stub.ListPools(pb.ListPoolsRequest()).pools) == []
 
 
@@ -119,7 +123,9 @@ def test_unknown_pool_is_not_found_everywhere(stub):
             pool="x", request_id="r", outcomes=[pb.Outcome(task_key="t0", successes=1, trials=1)]
         ),
     )
-    expect(Code.NOT_FOUND, lambda: list(stub.ExportPosteriors(pb.ExportPosteriorsRequest(pool="x"))))
+    expect(
+        Code.NOT_FOUND, lambda: list(stub.ExportPosteriors(pb.ExportPosteriorsRequest(pool="x")))
+    )
 
 
 def test_delete_pool_removes_it_and_the_name_can_be_reused(stub):
@@ -166,7 +172,9 @@ def test_anonymous_selections_are_never_replayed(stub):
 @pytest.mark.parametrize("size", [0, 51])
 def test_batch_size_out_of_range_is_invalid(stub, size):
     make_pool(stub)
-    expect(Code.INVALID_ARGUMENT, stub.SelectBatch, pb.SelectBatchRequest(pool="p", batch_size=size))
+    expect(
+        Code.INVALID_ARGUMENT, stub.SelectBatch, pb.SelectBatchRequest(pool="p", batch_size=size)
+    )
     assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.selections_opened == 0
 
 
@@ -187,13 +195,21 @@ def test_same_seed_and_history_give_the_same_selections(stub):
     for name in ("a", "b"):
         keys = []
         for step in range(5):
-            sel = stub.SelectBatch(pb.SelectBatchRequest(pool=name, batch_size=6, run_id="r", step=step))
+            sel = stub.SelectBatch(
+                pb.SelectBatchRequest(pool=name, batch_size=6, run_id="r", step=step)
+            )
             keys.append([t.key for t in sel.tasks])
-            stub.ReportOutcomes(pb.ReportOutcomesRequest(
-                pool=name, request_id=f"{name}{step}", selection_id=sel.selection_id,
-                outcomes=[pb.Outcome(task_key=t.key, successes=int(t.key[1:]) % 17, trials=16)
-                          for t in sel.tasks],
-            ))
+            stub.ReportOutcomes(
+                pb.ReportOutcomesRequest(
+                    pool=name,
+                    request_id=f"{name}{step}",
+                    selection_id=sel.selection_id,
+                    outcomes=[
+                        pb.Outcome(task_key=t.key, successes=int(t.key[1:]) % 17, trials=16)
+                        for t in sel.tasks
+                    ],
+                )
+            )
         picks[name] = keys
     assert picks["a"] == picks["b"]
     assert posterior(stub, "a") == posterior(stub, "b")
@@ -221,8 +237,11 @@ def test_reused_request_id_with_another_payload_is_already_exists(stub):
     o = [pb.Outcome(task_key="t1", successes=3, trials=4)]
     stub.ReportOutcomes(pb.ReportOutcomesRequest(pool="p", request_id="id", outcomes=o))
     o2 = [pb.Outcome(task_key="t1", successes=2, trials=4)]
-    expect(Code.ALREADY_EXISTS, stub.ReportOutcomes,
-           pb.ReportOutcomesRequest(pool="p", request_id="id", outcomes=o2))
+    expect(
+        Code.ALREADY_EXISTS,
+        stub.ReportOutcomes,
+        pb.ReportOutcomesRequest(pool="p", request_id="id", outcomes=o2),
+    )
 
 
 @pytest.mark.parametrize(
@@ -250,28 +269,49 @@ def test_bad_outcomes_are_rejected_and_change_nothing(stub, outcome, code, match
 
 def test_empty_standalone_report_and_missing_request_id_are_invalid(stub):
     make_pool(stub)
-    expect(Code.INVALID_ARGUMENT, stub.ReportOutcomes, pb.ReportOutcomesRequest(pool="p", request_id="e"))
+    expect(
+        Code.INVALID_ARGUMENT,
+        stub.ReportOutcomes,
+        pb.ReportOutcomesRequest(pool="p", request_id="e"),
+    )
     o = [pb.Outcome(task_key="t1", successes=1, trials=1)]
-    expect(Code.INVALID_ARGUMENT, stub.ReportOutcomes, pb.ReportOutcomesRequest(pool="p", outcomes=o),
-           match="request_id")
+    expect(
+        Code.INVALID_ARGUMENT,
+        stub.ReportOutcomes,
+        pb.ReportOutcomesRequest(pool="p", outcomes=o),
+        match="request_id",
+    )
 
 
 def test_partial_reports_add_up_and_the_selection_closes_once(stub):
     make_pool(stub, n=10)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=4, run_id="r", step=0))
     # Two ranks each report 8 of the 16 rollouts of every task.
-    a = stub.ReportOutcomes(pb.ReportOutcomesRequest(
-        pool="p", request_id="rank0", selection_id=sel.selection_id, outcomes=outcomes(sel, 2, 8)))
+    a = stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p",
+            request_id="rank0",
+            selection_id=sel.selection_id,
+            outcomes=outcomes(sel, 2, 8),
+        )
+    )
     assert a.selection_state == pb.SELECTION_STATE_OPEN and a.steps_applied == 0
     assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.steps_applied == 0
-    b = stub.ReportOutcomes(pb.ReportOutcomesRequest(
-        pool="p", request_id="rank1", selection_id=sel.selection_id, outcomes=outcomes(sel, 6, 8)))
+    b = stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p",
+            request_id="rank1",
+            selection_id=sel.selection_id,
+            outcomes=outcomes(sel, 6, 8),
+        )
+    )
     assert b.selection_state == pb.SELECTION_STATE_APPLIED and b.steps_applied == 1
     post = posterior(stub)
     for t in sel.tasks:  # (1-λ)·1 + λ·1 + s = 1 + 8 successes, 1 + 8 failures
         assert post[t.key] == pytest.approx((9.0, 9.0))
     late = pb.ReportOutcomesRequest(
-        pool="p", request_id="late", selection_id=sel.selection_id, outcomes=outcomes(sel, 1, 1))
+        pool="p", request_id="late", selection_id=sel.selection_id, outcomes=outcomes(sel, 1, 1)
+    )
     expect(Code.FAILED_PRECONDITION, stub.ReportOutcomes, late, match="closed")
 
 
@@ -279,9 +319,15 @@ def test_final_report_closes_and_unreported_tasks_count_as_not_evaluated(stub):
     make_pool(stub, n=10, implicit_weight=0.0)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=3))
     first = sel.tasks[0].key
-    ack = stub.ReportOutcomes(pb.ReportOutcomesRequest(
-        pool="p", request_id="f", selection_id=sel.selection_id, final=True,
-        outcomes=[pb.Outcome(task_key=first, successes=0, trials=16)]))
+    ack = stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p",
+            request_id="f",
+            selection_id=sel.selection_id,
+            final=True,
+            outcomes=[pb.Outcome(task_key=first, successes=0, trials=16)],
+        )
+    )
     assert ack.selection_state == pb.SELECTION_STATE_APPLIED
     post = posterior(stub)
     assert post[first] == pytest.approx((1.0, 17.0))
@@ -292,8 +338,11 @@ def test_final_report_closes_and_unreported_tasks_count_as_not_evaluated(stub):
 def test_final_report_without_outcomes_on_an_empty_selection_discards_it(stub):
     make_pool(stub)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=3))
-    ack = stub.ReportOutcomes(pb.ReportOutcomesRequest(
-        pool="p", request_id="f", selection_id=sel.selection_id, final=True))
+    ack = stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p", request_id="f", selection_id=sel.selection_id, final=True
+        )
+    )
     assert ack.selection_state == pb.SELECTION_STATE_DISCARDED and ack.steps_applied == 0
     assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.steps_applied == 0
 
@@ -302,25 +351,38 @@ def test_report_for_a_task_outside_the_selection_is_failed_precondition(stub):
     make_pool(stub, n=10)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2))
     other = next(f"t{i}" for i in range(10) if f"t{i}" not in {t.key for t in sel.tasks})
-    req = pb.ReportOutcomesRequest(pool="p", request_id="x", selection_id=sel.selection_id,
-                                   outcomes=[pb.Outcome(task_key=other, successes=1, trials=2)])
+    req = pb.ReportOutcomesRequest(
+        pool="p",
+        request_id="x",
+        selection_id=sel.selection_id,
+        outcomes=[pb.Outcome(task_key=other, successes=1, trials=2)],
+    )
     expect(Code.FAILED_PRECONDITION, stub.ReportOutcomes, req, match="not part of selection")
 
 
 def test_unknown_selection_id_is_not_found(stub):
     make_pool(stub)
     for sid in ("garbage", "abc-1"):
-        req = pb.ReportOutcomesRequest(pool="p", request_id=sid, selection_id=sid,
-                                       outcomes=[pb.Outcome(task_key="t1", successes=1, trials=2)])
+        req = pb.ReportOutcomesRequest(
+            pool="p",
+            request_id=sid,
+            selection_id=sid,
+            outcomes=[pb.Outcome(task_key="t1", successes=1, trials=2)],
+        )
         expect(Code.NOT_FOUND, stub.ReportOutcomes, req)
 
 
 def test_selection_expires_after_its_wait_window(stub):
     make_pool(stub, selection_wait_seconds=0.2)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2))
-    stub.ReportOutcomes(pb.ReportOutcomesRequest(
-        pool="p", request_id="part", selection_id=sel.selection_id,
-        outcomes=[pb.Outcome(task_key=sel.tasks[0].key, successes=4, trials=8)]))
+    stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p",
+            request_id="part",
+            selection_id=sel.selection_id,
+            outcomes=[pb.Outcome(task_key=sel.tasks[0].key, successes=4, trials=8)],
+        )
+    )
     deadline = time.monotonic() + 5
     while stub.GetPool(pb.GetPoolRequest(pool="p")).pool.open_selections:
         assert time.monotonic() < deadline, "selection never expired"
@@ -338,8 +400,11 @@ def test_concurrent_partial_reports_are_each_counted_once(stub):
         try:
             for k in range(4):  # 8 ranks x 4 reports x 2 trials = 64 trials per task
                 req = pb.ReportOutcomesRequest(
-                    pool="p", request_id=f"{r}-{k}", selection_id=sel.selection_id,
-                    outcomes=outcomes(sel, 1, 2))
+                    pool="p",
+                    request_id=f"{r}-{k}",
+                    selection_id=sel.selection_id,
+                    outcomes=outcomes(sel, 1, 2),
+                )
                 stub.ReportOutcomes(req)
                 stub.ReportOutcomes(req)  # a retry
         except BaseException as exc:  # pragma: no cover - surfaced below
@@ -361,8 +426,14 @@ def test_concurrent_partial_reports_are_each_counted_once(stub):
 def test_pool_stats_track_steps_etr_and_capability(stub):
     make_pool(stub, n=20)
     sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=4))
-    outs = [pb.Outcome(task_key=t.key, successes=s, trials=16) for t, s in zip(sel.tasks, (0, 8, 8, 16))]
-    stub.ReportOutcomes(pb.ReportOutcomesRequest(pool="p", request_id="r", selection_id=sel.selection_id, outcomes=outs))
+    outs = [
+        pb.Outcome(task_key=t.key, successes=s, trials=16) for t, s in zip(sel.tasks, (0, 8, 8, 16))
+    ]
+    stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p", request_id="r", selection_id=sel.selection_id, outcomes=outs
+        )
+    )
     info = stub.GetPool(pb.GetPoolRequest(pool="p")).pool
     assert info.steps_applied == 1
     assert info.last_effective_task_ratio == pytest.approx(0.5)
@@ -378,7 +449,14 @@ def test_export_then_import_reproduces_the_pool(stub):
     make_pool(stub, n=25)
     for step in range(3):
         sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=5, run_id="r", step=step))
-        stub.ReportOutcomes(pb.ReportOutcomesRequest(pool="p", request_id=str(step), selection_id=sel.selection_id, outcomes=outcomes(sel, 3, 16)))
+        stub.ReportOutcomes(
+            pb.ReportOutcomesRequest(
+                pool="p",
+                request_id=str(step),
+                selection_id=sel.selection_id,
+                outcomes=outcomes(sel, 3, 16),
+            )
+        )
     chunks = list(stub.ExportPosteriors(pb.ExportPosteriorsRequest(pool="p", chunk_size=7)))
     assert len(chunks) == 4 and chunks[0].HasField("header") and not chunks[1].HasField("header")
     chunks[0].header.name = "copy"
@@ -412,7 +490,9 @@ def test_health_is_serving_and_reflection_lists_the_service(server):
             resp = h.Check(health_pb2.HealthCheckRequest(service=service))
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
         r = reflection_pb2_grpc.ServerReflectionStub(ch)
-        answers = list(r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        answers = list(
+            r.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
         names = {s.name for s in answers[0].list_services_response.service}
         assert "bots.v1.TaskSelector" in names
 
