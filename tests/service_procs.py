@@ -105,20 +105,19 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "bots_server",
-            "serve",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            *self.extra,
-        ]
+        """Starts ``python -m bots_server serve`` on this port and data dir."""
+        cmd = [sys.executable, "-m", "bots_server", "serve", "--port", str(self.port),
+               "--data-dir", str(self.data_dir), *self.extra]  # fmt: skip
+        return self.start_in(None, cmd, timeout)
+
+    def start_in(self, cwd: Path | None, cmd: list[str], timeout: float = 20.0) -> ServerProcess:
+        """Runs ``cmd`` (a server that will listen on this port) and waits until it serves."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
+            )
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.address) as ch:
             while True:
