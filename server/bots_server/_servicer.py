@@ -38,6 +38,10 @@ def _rpc(fn: F) -> F:
             known = status_for(exc)
             if known is not None:
                 context.abort(*known)
+            if not context.is_active():
+                # The caller cancelled (e.g. a broken import stream): nothing to report.
+                log.info("%s cancelled by the client", fn.__name__)
+                return None
             rid = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (error id %s)", fn.__name__, rid)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (error id {rid})")

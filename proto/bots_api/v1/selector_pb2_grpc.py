@@ -141,6 +141,9 @@ class TaskSelectorServicer:
 
     def ExportPosteriors(self, request, context):
         """Streams a pool's posteriors in chunks (first chunk carries the header).
+        The export is a consistent snapshot taken when the call starts; reports
+        arriving meanwhile are not in it. Open selections and request-id memory
+        are not exported.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
