@@ -603,6 +603,10 @@ def _rpc_failure(args: argparse.Namespace, code: grpc.StatusCode | None, details
 # --- parser --------------------------------------------------------------------
 
 
+# Short spellings of some `bots serve` flags.
+_FLAG_ALIASES = {"redis_url": ("--redis",)}
+
+
 def _settings_fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(ServerSettings))
 
@@ -652,8 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
         else:
             kind: Callable[[str], Any] = {"int": int, "float": float}.get(str(f.type), str)
+            flags = [flag, *_FLAG_ALIASES.get(f.name, ())]
             serve.add_argument(
-                flag, type=kind, default=None, dest=f"serve_{f.name}",
+                *flags, type=kind, default=None, dest=f"serve_{f.name}",
                 metavar=f.name.upper(), help=text,
             )  # fmt: skip
     serve.set_defaults(func=cmd_serve)

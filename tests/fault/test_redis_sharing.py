@@ -29,7 +29,7 @@ def replicas(tmp_path: Path, redis_url: str, count: int) -> list[ServerProcess]:
         proc = ServerProcess(
             tmp_path / f"replica-{i}",
             free_port(),
-            "--redis-url",
+            "--redis",  # the short spelling of --redis-url
             redis_url,
             "--expiry-interval-seconds",
             "0.2",
