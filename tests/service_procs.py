@@ -11,6 +11,23 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def serving(address: str, timeout: float = 0.5) -> bool:
+    """True when a gRPC health check at ``address`` answers SERVING.
+
+    A plain RPC with a deadline, rather than ``channel_ready_future``, whose
+    polling thread can outlive the channel and fail after it is closed.
+    """
+    with grpc.insecure_channel(address) as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def free_port() -> int:
@@ -119,16 +136,11 @@ class ServerProcess:
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd
             )
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as ch:
-            while True:
-                try:
-                    grpc.channel_ready_future(ch).result(timeout=0.2)
-                    return self
-                except grpc.FutureTimeoutError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"server did not start: {self.log.read_text()[-2000:]}"
-                        ) from None
+        while not serving(self.address):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        return self
 
     def kill(self) -> None:
         """kill -9: no chance to flush or snapshot."""

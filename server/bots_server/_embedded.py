@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import struct
@@ -27,18 +26,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 from bots_core import PoolConfig, PoolState, TaskSpec
 
 from bots_server._errors import (
     AlreadyExists,
-    InvalidArgument,
     NotFound,
     ResourceExhausted,
     StoreUnavailable,
 )
 from bots_server._journal import Journal, fsync_dir, replay, write_atomic
-from bots_server._model import OutcomeIn, PoolHeaderView, PoolStats, ReportAck, SelectionView
+from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
 from bots_server._pool import PoolRuntime, Record, check_pool_name
 from bots_server._store import PoolDump, Store
 
@@ -267,30 +264,12 @@ class EmbeddedStore(Store):
 
     def export_pool(self, name: str) -> PoolDump:
         def run(pool: _Pool) -> PoolDump:
-            st = pool.runtime.state
-            header = PoolHeaderView(
-                st.name,
-                st.config,
-                st.task_count,
-                st.steps_applied,
-                st.capability,
-                st.selections_opened,
-            )
-            return PoolDump(
-                header,
-                list(st.keys),
-                st.weak.copy(),
-                st.strong.copy(),
-                st.alpha0.copy(),
-                st.beta0.copy(),
-                st.alpha.copy(),
-                st.beta.copy(),
-            )
+            return PoolDump.of_state(pool.runtime.state, pool.runtime.state.selections_opened)
 
         return self._locked(name, run)
 
     def import_pool(self, dump: PoolDump) -> PoolStats:
-        runtime = PoolRuntime(state_from_dump(dump, self.max_tasks), uuid.uuid4().hex[:12])
+        runtime = PoolRuntime(dump.to_state(self.max_tasks), uuid.uuid4().hex[:12])
         with self._lock:
             if dump.header.name in self._pools:
                 raise AlreadyExists(f"pool {dump.header.name!r} already exists")
@@ -329,40 +308,6 @@ class EmbeddedStore(Store):
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-
-def state_from_dump(dump: PoolDump, max_tasks: int) -> PoolState:
-    """Builds and validates an engine state from exported arrays."""
-    h = dump.header
-    check_pool_name(h.name)
-    n = len(dump.keys)
-    if n > max_tasks:
-        raise ResourceExhausted(f"import of {n} tasks exceeds the limit of {max_tasks}")
-    arrays = [dump.weak, dump.strong, dump.prior_alpha, dump.prior_beta, dump.alpha, dump.beta]
-    if any(len(a) != n for a in arrays):
-        raise InvalidArgument("import arrays differ in length")
-    state = PoolState(h.name, h.config)
-    state.add_tasks(
-        [
-            TaskSpec(k, float(w), float(g), float(a0), float(b0))
-            for k, w, g, a0, b0 in zip(
-                dump.keys, dump.weak, dump.strong, dump.prior_alpha, dump.prior_beta
-            )
-        ]
-    )
-    if state.task_count != n:
-        raise InvalidArgument("import holds a task key twice")
-    for label, arr in (("alpha", dump.alpha), ("beta", dump.beta)):
-        if n and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
-            raise InvalidArgument(f"import has a non-finite or non-positive {label}")
-    state.alpha = np.asarray(dump.alpha, dtype=np.float64).copy()
-    state.beta = np.asarray(dump.beta, dtype=np.float64).copy()
-    if not (math.isnan(h.capability) or math.isfinite(h.capability)):
-        raise InvalidArgument("import capability must be finite or NaN")
-    state.capability = h.capability
-    state.steps_applied = h.steps_applied
-    state.selections_opened = h.selections_opened
-    return state
 
 
 def _snapshot_bytes(runtime: PoolRuntime) -> bytes:

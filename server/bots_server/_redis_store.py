@@ -34,6 +34,7 @@ import numpy as np
 import redis
 import redis.cluster
 from bots_core import (
+    Diagnostics,
     Evidence,
     PoolConfig,
     PoolState,
@@ -60,12 +61,12 @@ from bots_server._errors import (
 )
 from bots_server._model import (
     OutcomeIn,
-    PoolHeaderView,
     PoolStats,
     ReportAck,
     SelectedTaskView,
     SelectionState,
     SelectionView,
+    engine_stats,
 )
 from bots_server._pool import (
     check_pool_name,
@@ -304,6 +305,7 @@ class RedisStore(Store):
         state.capability = math.nan if cap is None else float(cap)
         state.steps_applied = int(info.get("steps", 0))
         state.recent_etr.extend(info.get("recent_etr", []))
+        state.diagnostics = Diagnostics.from_json(info.get("diagnostics"))
         rep.state = state
         rep.seq = int(ck[b"seq"])
         rep.loaded = True
@@ -351,6 +353,7 @@ class RedisStore(Store):
             "capability": None if math.isnan(st.capability) else st.capability,
             "steps": st.steps_applied,
             "recent_etr": list(st.recent_etr),
+            "diagnostics": st.diagnostics.to_json(),
         }
         self._run(
             "checkpoint",
@@ -427,7 +430,6 @@ class RedisStore(Store):
         pipe.hmget(rep.keys.meta, "selctr", "expired")
         pipe.zcard(rep.keys.open)
         (selctr, expired), open_count = pipe.execute()
-        mean = float(np.mean(st.posterior_mean())) if st.task_count else math.nan
         return PoolStats(
             name=st.name,
             config=st.config,
@@ -440,7 +442,7 @@ class RedisStore(Store):
             tasks_with_references=st.derived.ref_count,
             selections_opened=int(selctr or 0),
             selections_expired=int(expired or 0),
-            mean_posterior=mean,
+            **engine_stats(st),
         )
 
     @_redis_errors
@@ -574,27 +576,12 @@ class RedisStore(Store):
     @_redis_errors
     def export_pool(self, name: str) -> PoolDump:
         with self._synced(name, posteriors=True) as rep:
-            st = rep.state
             selctr = int(self.r.hget(rep.keys.meta, "selctr") or 0)
-            header = PoolHeaderView(
-                st.name, st.config, st.task_count, st.steps_applied, st.capability, selctr
-            )
-            return PoolDump(
-                header,
-                list(st.keys),
-                st.weak.copy(),
-                st.strong.copy(),
-                st.alpha0.copy(),
-                st.beta0.copy(),
-                st.alpha.copy(),
-                st.beta.copy(),
-            )
+            return PoolDump.of_state(rep.state, selctr)
 
     @_redis_errors
     def import_pool(self, dump: PoolDump) -> PoolStats:
-        from bots_server._embedded import state_from_dump
-
-        state = state_from_dump(dump, self.max_tasks)
+        state = dump.to_state(self.max_tasks)
         h = dump.header
         keys = rk.PoolKeys(h.name, uuid.uuid4().hex[:12])
         cols = Columns(list(state.keys), state.weak, state.strong, state.alpha0, state.beta0)

@@ -1,16 +1,19 @@
-"""The store interface every backend implements (embedded now, Redis later)."""
+"""The store interface every backend implements (embedded and Redis), and pool dumps."""
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import PoolConfig, TaskSpec
+from bots_core import PoolConfig, PoolState, TaskSpec
 
+from bots_server._errors import InvalidArgument, ResourceExhausted
 from bots_server._model import OutcomeIn, PoolHeaderView, PoolStats, ReportAck, SelectionView
+from bots_server._pool import check_pool_name
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -27,6 +30,50 @@ class PoolDump:
     prior_beta: FloatArray
     alpha: FloatArray
     beta: FloatArray
+
+    @classmethod
+    def of_state(cls, st: PoolState, selections_opened: int) -> PoolDump:
+        """A copy of ``st`` (arrays copied, so the pool may change afterwards)."""
+        header = PoolHeaderView(
+            st.name, st.config, st.task_count, st.steps_applied, st.capability, selections_opened
+        )
+        return cls(
+            header, list(st.keys), st.weak.copy(), st.strong.copy(), st.alpha0.copy(),
+            st.beta0.copy(), st.alpha.copy(), st.beta.copy(),
+        )  # fmt: skip
+
+    def to_state(self, max_tasks: int) -> PoolState:
+        """Builds and validates an engine state from exported arrays."""
+        h = self.header
+        check_pool_name(h.name)
+        n = len(self.keys)
+        if n > max_tasks:
+            raise ResourceExhausted(f"import of {n} tasks exceeds the limit of {max_tasks}")
+        arrays = [self.weak, self.strong, self.prior_alpha, self.prior_beta, self.alpha, self.beta]
+        if any(len(a) != n for a in arrays):
+            raise InvalidArgument("import arrays differ in length")
+        state = PoolState(h.name, h.config)
+        state.add_tasks(
+            [
+                TaskSpec(k, float(w), float(g), float(a0), float(b0))
+                for k, w, g, a0, b0 in zip(
+                    self.keys, self.weak, self.strong, self.prior_alpha, self.prior_beta
+                )
+            ]
+        )
+        if state.task_count != n:
+            raise InvalidArgument("import holds a task key twice")
+        for label, arr in (("alpha", self.alpha), ("beta", self.beta)):
+            if n and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+                raise InvalidArgument(f"import has a non-finite or non-positive {label}")
+        state.alpha = np.asarray(self.alpha, dtype=np.float64).copy()
+        state.beta = np.asarray(self.beta, dtype=np.float64).copy()
+        if not (math.isnan(h.capability) or math.isfinite(h.capability)):
+            raise InvalidArgument("import capability must be finite or NaN")
+        state.capability = h.capability
+        state.steps_applied = h.steps_applied
+        state.selections_opened = h.selections_opened
+        return state
 
 
 class Store(abc.ABC):

@@ -8,9 +8,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from service_procs import ServerProcess
+from service_procs import ServerProcess, serving
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -26,12 +25,8 @@ def block(after_heading: str, lang: str) -> str:
 @pytest.fixture
 def default_server(tmp_path: Path) -> Iterator[Path]:
     """`bots serve` with no flags (127.0.0.1:50051, ./bots-data) in a scratch directory."""
-    with grpc.insecure_channel("127.0.0.1:50051") as ch:
-        try:
-            grpc.channel_ready_future(ch).result(timeout=0.5)
-            pytest.fail("port 50051 is taken; the README examples need the default port")
-        except grpc.FutureTimeoutError:
-            pass
+    if serving("127.0.0.1:50051"):
+        pytest.fail("port 50051 is taken; the README examples need the default port")
     proc = ServerProcess(tmp_path / "unused", 50051)
     proc.start_in(tmp_path, [sys.executable, "-m", "bots_server", "serve"])
     yield tmp_path
