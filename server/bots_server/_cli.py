@@ -663,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
             )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
+    sub.add_parser(
+        "simulate",
+        help="compare selection methods on a simulated learner (see `bots simulate --help`)",
+        add_help=False,
+    )
     check = sub.add_parser("check", help="health check: exit 0 when the server is SERVING")
     _add_client_options(check, suppress=True)
     check.add_argument("--service", default="", help="service to check (default: the server)")
@@ -735,7 +740,13 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs `bots` with ``argv`` (default: the process arguments); returns the exit code."""
-    args = build_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["simulate"]:
+        # The evaluation harness has its own parser (and its own --help).
+        from bots_eval import main as simulate
+
+        return simulate(raw[1:])
+    args = build_parser().parse_args(raw)
     try:
         code: int = args.func(args)
     except CliError as exc:

@@ -1,0 +1,470 @@
+"""Runs simulated trainings: every method and sweep variant, for several seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from bots_api.v1 import selector_pb2 as pb
+from bots_api.v1 import selector_pb2_grpc
+from bots_core import PoolConfig
+
+from bots_eval._backend import EngineBackend, GrpcBackend, PoolBackend
+from bots_eval._learner import Learner, LearnerModel, World, make_world
+from bots_eval._methods import (
+    LAMBDA,
+    METHOD_NAMES,
+    METHODS,
+    RHO,
+    Method,
+    curriculum_batch,
+    easy_to_hard_order,
+    sweep_method,
+)
+from bots_eval._metrics import pearson, roc_auc, step_ratios
+from bots_eval._progress import Progress
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers")
+BASELINE = "uniform"
+# Arms of the trainers experiment: separate pools, one shared pool with the
+# same lambda, one shared pool with lambda / K (the same forgetting per round).
+TRAINER_ARMS: tuple[str, ...] = ("separate", "shared", "shared_scaled")
+_SEPARATE_SEED_STRIDE = 1_000_003
+# Estimator quality against the learner's true p is measured every this many steps.
+TRUTH_EVERY = 5
+# How long to wait for a --server to accept the connection.
+CONNECT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate.
+
+    Attributes:
+        tasks: Training tasks N in the pool.
+        batch_size: Tasks per step B.
+        rollouts: Rollouts per task n (also the pools' pseudo-rollout count).
+        steps: Training steps T per trainer.
+        seeds: Number of seeds (0 .. seeds - 1).
+        methods: Methods to compare (see ``METHODS``); uniform always runs
+            as the baseline.
+        sweeps: Which of "lambda", "rho", "trainers" to run.
+        lambdas: Forgetting rates of the lambda sweep (rho = 0.1).
+        rhos: Implicit weights of the rho sweep (lambda = 0.1).
+        trainers: Trainers K of the shared-versus-separate experiment.
+        trainer_methods: Methods of that experiment.
+        model: The simulated learner and tasks.
+        server: Address of a BOTS server to select through; None = in-process.
+    """
+
+    tasks: int = 4096
+    batch_size: int = 64
+    rollouts: int = 16
+    steps: int = 300
+    seeds: int = 5
+    methods: tuple[str, ...] = METHOD_NAMES
+    sweeps: tuple[str, ...] = SWEEPS
+    lambdas: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3, 1.0)
+    rhos: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6, 1.0)
+    trainers: int = 4
+    trainer_methods: tuple[str, ...] = ("bots", "explicit_only")
+    model: LearnerModel = field(default_factory=LearnerModel)
+    server: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= self.tasks:
+            raise ValueError(f"batch size must be in [1, tasks={self.tasks}]")
+        if self.rollouts < 1 or self.steps < 2 or self.seeds < 1 or self.trainers < 1:
+            raise ValueError("rollouts, seeds and trainers must be >= 1 and steps >= 2")
+        unknown = sorted((set(self.methods) | set(self.trainer_methods)) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods: {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        bad = sorted(set(self.sweeps) - set(SWEEPS))
+        if bad:
+            raise ValueError(f"unknown sweeps: {', '.join(bad)} (known: {', '.join(SWEEPS)})")
+
+    def pool_config(self, method: Method, seed: int) -> PoolConfig:
+        """The method's pool config for this run: n = rollouts, the given seed."""
+        return method.config.replace(pseudo_rollouts=float(self.rollouts), seed=seed)
+
+
+@dataclass
+class RunResult:
+    """One trainer's simulated training under one method and seed.
+
+    Attributes:
+        variant: Method or sweep variant name.
+        seed: Seed.
+        etr: Effective task ratio per step (T).
+        positive: Fraction of the batch with pass rate > 0 per step.
+        below_one: Fraction of the batch with pass rate < 1 per step.
+        signal: Mean useful signal per step.
+        accuracy: Held-out accuracy after 0..T steps (T + 1).
+        select_seconds: Time of each step's selection call.
+        update_seconds: Time of each step's report (the engine update).
+        estimate: p~ of each evaluated task at the time it was selected
+            (steps after mu~ was first known), pooled over steps.
+        observed: The observed pass rates matching ``estimate``.
+        truth_pearson: Mean over sampled steps of Pearson(p~, true p) over
+            all tasks (NaN if mu~ was never known).
+        truth_auc: Same for the ROC AUC of p~ for "true p > 1/2".
+        coverage: Fraction of the pool selected at least once.
+        selections: Each step's selected indices, when recorded.
+    """
+
+    variant: str
+    seed: int
+    etr: FloatArray
+    positive: FloatArray
+    below_one: FloatArray
+    signal: FloatArray
+    accuracy: FloatArray
+    select_seconds: FloatArray
+    update_seconds: FloatArray
+    estimate: FloatArray
+    observed: FloatArray
+    truth_pearson: float
+    truth_auc: float
+    coverage: float
+    selections: list[IntArray] | None = None
+
+
+@dataclass
+class TrainerGroupResult:
+    """K trainers trained side by side, sharing one pool or each with its own.
+
+    Attributes:
+        method: Method name.
+        arm: One of ``TRAINER_ARMS``.
+        seed: Seed.
+        accuracy: Held-out accuracy, shape (K, T + 1).
+        etr: Effective task ratio, shape (K, T).
+    """
+
+    method: str
+    arm: str
+    seed: int
+    accuracy: FloatArray
+    etr: FloatArray
+
+
+@dataclass
+class Experiment:
+    """Everything a simulation produced.
+
+    Attributes:
+        config: What was simulated.
+        variants: Variant name to its method (label, config).
+        runs: Variant name to its runs, one per seed in seed order.
+        sweeps: Sweep name to its (value, variant name) pairs.
+        trainer_runs: Results of the shared-versus-separate experiment.
+        wall_seconds: Total wall time.
+    """
+
+    config: SimConfig
+    variants: dict[str, Method] = field(default_factory=dict)
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)
+    sweeps: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    trainer_runs: list[TrainerGroupResult] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+BackendFactory = Callable[[str, PoolConfig, World], PoolBackend]
+
+
+@contextlib.contextmanager
+def backend_factory(server: str | None) -> Iterator[BackendFactory]:
+    """Yields a function that opens pools in-process, or on ``server`` when given."""
+    if server is None:
+        yield EngineBackend
+        return
+    with grpc.insecure_channel(server) as channel:
+        # One cheap call that waits for the connection; unlike
+        # grpc.channel_ready_future it leaves no thread behind.
+        stub = selector_pb2_grpc.TaskSelectorStub(channel)  # type: ignore[no-untyped-call]
+        stub.ListPools(pb.ListPoolsRequest(), timeout=CONNECT_TIMEOUT_S, wait_for_ready=True)
+
+        def make(name: str, config: PoolConfig, world: World) -> PoolBackend:
+            return GrpcBackend(channel, name, config, world)
+
+        yield make
+
+
+def _estimates(world: World, mu: float, idx: IntArray) -> FloatArray:
+    p = world.weak[idx] + mu * (world.strong[idx] - world.weak[idx])
+    return np.asarray(np.clip(p, 0.0, 1.0), dtype=np.float64)
+
+
+class _Trace:
+    """Per-step records of one trainer."""
+
+    def __init__(self, steps: int) -> None:
+        self.etr = np.empty(steps)
+        self.positive = np.empty(steps)
+        self.below_one = np.empty(steps)
+        self.signal = np.empty(steps)
+        self.accuracy = np.empty(steps + 1)
+        self.select_s = np.empty(steps)
+        self.update_s = np.empty(steps)
+        self.estimate: list[FloatArray] = []
+        self.observed: list[FloatArray] = []
+        self.truth_pearson: list[float] = []
+        self.truth_auc: list[float] = []
+        self.selections: list[IntArray] = []
+
+    def truth(self) -> tuple[float, float]:
+        """Means of the sampled estimator-quality values (NaN samples left out)."""
+
+        def mean(values: list[float]) -> float:
+            ok = [v for v in values if not math.isnan(v)]
+            return float(np.mean(ok)) if ok else math.nan
+
+        return mean(self.truth_pearson), mean(self.truth_auc)
+
+
+def _train_step(
+    t: int,
+    pool: PoolBackend,
+    learner: Learner,
+    rng: np.random.Generator,
+    cfg: SimConfig,
+    trace: _Trace,
+    schedule: Callable[[int], IntArray] | None,
+    truth: bool = False,
+) -> None:
+    """One select -> rollout -> report -> learn step of one trainer."""
+    world = learner.world
+    mu = pool.capability()
+    true_p = learner.success_prob() if truth and t % TRUTH_EVERY == 0 else None
+    t0 = time.perf_counter()
+    idx = pool.select(cfg.batch_size) if schedule is None else schedule(t)
+    t1 = time.perf_counter()
+    successes = learner.rollout(idx, cfg.rollouts, rng)
+    trials = np.full(len(idx), float(cfg.rollouts))
+    t2 = time.perf_counter()
+    if schedule is None:
+        pool.report(idx, successes, trials)
+    else:
+        pool.report_standalone(idx, successes, trials)
+    t3 = time.perf_counter()
+    trace.signal[t] = learner.learn(idx, successes, trials)
+    trace.accuracy[t + 1] = learner.heldout_accuracy()
+    ratios = step_ratios(successes, trials)
+    trace.etr[t], trace.positive[t], trace.below_one[t] = (
+        ratios.effective,
+        ratios.positive,
+        ratios.below_one,
+    )
+    trace.select_s[t] = t1 - t0
+    trace.update_s[t] = t3 - t2
+    if not math.isnan(mu):
+        trace.estimate.append(_estimates(world, mu, idx))
+        trace.observed.append(successes / trials)
+        if true_p is not None:
+            est = _estimates(world, mu, np.arange(world.task_count))
+            trace.truth_pearson.append(pearson(est, true_p))
+            trace.truth_auc.append(roc_auc(est, true_p > 0.5))
+    trace.selections.append(idx)
+
+
+def run_single(
+    method: Method,
+    world: World,
+    cfg: SimConfig,
+    seed: int,
+    make_backend: BackendFactory = EngineBackend,
+    *,
+    variant: str | None = None,
+    record_selections: bool = False,
+) -> RunResult:
+    """Trains one simulated learner for ``cfg.steps`` steps with ``method``.
+
+    Args:
+        method: How batches are chosen.
+        world: Tasks and starting model (from ``make_world(..., seed)``).
+        cfg: Sizes.
+        seed: Seeds the pool and the rollouts.
+        make_backend: Opens the pool (in-process by default).
+        variant: Name recorded in the result (default: the method's name).
+        record_selections: Keep each step's selected indices.
+
+    Returns:
+        The run's per-step records.
+    """
+    learner = Learner(world)
+    rng = np.random.default_rng([seed, 1, 0])
+    trace = _Trace(cfg.steps)
+    trace.accuracy[0] = learner.heldout_accuracy()
+    pool = make_backend(f"sim-{method.name}-s{seed}", cfg.pool_config(method, seed), world)
+    schedule: Callable[[int], IntArray] | None = None
+    if method.offline:
+        crng = np.random.default_rng([seed, 2])
+        order = easy_to_hard_order(world.weak, world.strong, crng)
+
+        def schedule(t: int) -> IntArray:
+            return curriculum_batch(order, t, cfg.steps, cfg.batch_size, crng)
+
+    try:
+        for t in range(cfg.steps):
+            _train_step(t, pool, learner, rng, cfg, trace, schedule, truth=True)
+    finally:
+        pool.close()
+    est = np.concatenate(trace.estimate) if trace.estimate else np.zeros(0)
+    obs = np.concatenate(trace.observed) if trace.observed else np.zeros(0)
+    truth_r, truth_auc = trace.truth()
+    return RunResult(
+        variant or method.name,
+        seed,
+        trace.etr,
+        trace.positive,
+        trace.below_one,
+        trace.signal,
+        trace.accuracy,
+        trace.select_s,
+        trace.update_s,
+        est,
+        obs,
+        truth_r,
+        truth_auc,
+        len(np.unique(np.concatenate(trace.selections))) / world.task_count,
+        trace.selections if record_selections else None,
+    )
+
+
+def run_trainers(
+    method: Method,
+    world: World,
+    cfg: SimConfig,
+    seed: int,
+    arm: str,
+    make_backend: BackendFactory = EngineBackend,
+) -> TrainerGroupResult:
+    """Trains ``cfg.trainers`` learners from the same starting model side by side.
+
+    Each round, every trainer in turn selects, trains and reports. In the
+    "shared" arms they all use one pool (each sees the others' evidence);
+    "shared_scaled" divides the forgetting rate by K so that the pool forgets
+    as much per round as a trainer's own pool would. In "separate" each
+    trainer has its own pool with its own seed; trainer 0 is then exactly
+    :func:`run_single` with the same seed.
+    """
+    if arm not in TRAINER_ARMS:
+        raise ValueError(f"unknown arm {arm!r}")
+    k = cfg.trainers
+    learners = [Learner(world) for _ in range(k)]
+    rngs = [np.random.default_rng([seed, 1, j]) for j in range(k)]
+    traces = [_Trace(cfg.steps) for _ in range(k)]
+    for learner, trace in zip(learners, traces, strict=True):
+        trace.accuracy[0] = learner.heldout_accuracy()
+    config = cfg.pool_config(method, seed)
+    if arm == "separate":
+        pools = [
+            make_backend(
+                f"sim-sep{j}-{method.name}-s{seed}",
+                config.replace(seed=seed + _SEPARATE_SEED_STRIDE * j),
+                world,
+            )
+            for j in range(k)
+        ]
+    else:
+        if arm == "shared_scaled":
+            config = config.replace(forgetting=config.forgetting / k)
+        pools = [make_backend(f"sim-{arm}-{method.name}-s{seed}", config, world)] * k
+    try:
+        for t in range(cfg.steps):
+            for j in range(k):
+                _train_step(t, pools[j], learners[j], rngs[j], cfg, traces[j], None)
+    finally:
+        for pool in pools if arm == "separate" else pools[:1]:
+            pool.close()
+    return TrainerGroupResult(
+        method.name,
+        arm,
+        seed,
+        np.stack([tr.accuracy for tr in traces]),
+        np.stack([tr.etr for tr in traces]),
+    )
+
+
+def plan_variants(cfg: SimConfig) -> tuple[dict[str, Method], dict[str, list[tuple[float, str]]]]:
+    """The variants to run (methods, then sweep points) and each sweep's points."""
+    variants: dict[str, Method] = {}
+    names = [BASELINE, *[m for m in cfg.methods if m != BASELINE]]
+    for name in names:
+        variants[name] = METHODS[name]
+    base = METHODS["bots"].config
+    sweeps: dict[str, list[tuple[float, str]]] = {}
+    if "lambda" in cfg.sweeps:
+        sweeps["lambda"] = []
+        for lam in cfg.lambdas:
+            name = f"lambda={lam:g}"
+            label = f"BOTS, {LAMBDA}={lam:g}"
+            variants[name] = sweep_method(name, label, base.replace(forgetting=lam))
+            sweeps["lambda"].append((lam, name))
+    if "rho" in cfg.sweeps:
+        sweeps["rho"] = []
+        for rho in cfg.rhos:
+            name = f"rho={rho:g}"
+            label = f"BOTS, {RHO}={rho:g}"
+            variants[name] = sweep_method(name, label, base.replace(implicit_weight=rho))
+            sweeps["rho"].append((rho, name))
+    return variants, sweeps
+
+
+def run_experiment(cfg: SimConfig, *, progress: bool | None = None) -> Experiment:
+    """Runs every variant for every seed, then the trainers experiment.
+
+    Variants whose pool config equals an earlier one (e.g. ``rho=0.1`` and
+    ``bots``) reuse its runs: runs are deterministic given the seed.
+
+    Args:
+        cfg: What to simulate.
+        progress: Show progress on stderr; None = only on a terminal.
+
+    Returns:
+        The results.
+    """
+    start = time.perf_counter()
+    variants, sweeps = plan_variants(cfg)
+    exp = Experiment(cfg, variants, {}, sweeps)
+    distinct: dict[tuple[PoolConfig, bool], str] = {}
+    todo: list[str] = []
+    for name, m in variants.items():
+        key = (m.config, m.offline)
+        if key in distinct:
+            continue
+        distinct[key] = name
+        todo.append(name)
+    trainer_methods = list(cfg.trainer_methods) if "trainers" in cfg.sweeps else []
+    arms = len(TRAINER_ARMS)
+    total = len(todo) * cfg.seeds + arms * len(trainer_methods) * cfg.seeds * cfg.trainers
+    bar = Progress("simulating", total * cfg.steps, enabled=progress)
+    with backend_factory(cfg.server) as make_backend:
+        for seed in range(cfg.seeds):
+            world = make_world(cfg.model, cfg.tasks, seed)
+            for name in todo:
+                bar.set_label(f"seed {seed} {name}")
+                run = run_single(variants[name], world, cfg, seed, make_backend, variant=name)
+                exp.runs.setdefault(name, []).append(run)
+                bar.update(cfg.steps)
+            for mname in trainer_methods:
+                for arm in TRAINER_ARMS:
+                    bar.set_label(f"seed {seed} {mname} x{cfg.trainers} {arm}")
+                    exp.trainer_runs.append(
+                        run_trainers(METHODS[mname], world, cfg, seed, arm, make_backend)
+                    )
+                    bar.update(cfg.steps * cfg.trainers)
+    bar.close()
+    for name, m in variants.items():
+        exp.runs.setdefault(name, exp.runs[distinct[(m.config, m.offline)]])
+    exp.wall_seconds = time.perf_counter() - start
+    return exp
