@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bots_core._config import PRESETS, PoolConfig, SelectionMode, preset
+from bots_core._diagnostics import QUALITY_WINDOW, RATIO_WINDOW, Diagnostics
 from bots_core._errors import (
     BotsCoreError,
     InvalidInputError,
@@ -28,7 +29,10 @@ __all__ = [
     "ETR_WINDOW",
     "MAX_KEY_BYTES",
     "PRESETS",
+    "QUALITY_WINDOW",
+    "RATIO_WINDOW",
     "BotsCoreError",
+    "Diagnostics",
     "Evidence",
     "ImplicitEstimator",
     "InterpolationEstimator",

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bots_core._config import PoolConfig
+from bots_core._diagnostics import Diagnostics
 from bots_core._errors import InvalidInputError, TaskConflictError
 
 FloatArray = npt.NDArray[np.float64]
@@ -100,6 +101,7 @@ class PoolState:
         self.steps_applied = 0
         self.selections_opened = 0
         self.recent_etr: collections.deque[float] = collections.deque(maxlen=ETR_WINDOW)
+        self.diagnostics = Diagnostics()
         self._derived: _Derived | None = None
 
     # ----------------------------------------------------------------- tasks
@@ -221,6 +223,7 @@ class PoolState:
             "steps_applied": self.steps_applied,
             "selections_opened": self.selections_opened,
             "recent_etr": list(self.recent_etr),
+            "diagnostics": self.diagnostics.to_json(),
         }
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         key_bytes = [k.encode("utf-8") for k in self.keys]
@@ -275,6 +278,8 @@ class PoolState:
         state.steps_applied = int(header["steps_applied"])
         state.selections_opened = int(header["selections_opened"])
         state.recent_etr.extend(float(x) for x in header["recent_etr"])
+        # Pools serialised before diagnostics existed load with empty ones.
+        state.diagnostics = Diagnostics.from_json(header.get("diagnostics"))
         return state
 
 

@@ -173,6 +173,7 @@ def apply_step(
     if len(idx) and (idx.min() < 0 or idx.max() >= state.task_count):
         raise InvalidInputError("evidence index out of range")
 
+    _record_quality(state, evidence)
     estimator.observe(state, evidence)
     sel_alpha = state.alpha[idx].copy()
     sel_beta = state.beta[idx].copy()
@@ -212,7 +213,27 @@ def apply_step(
     state.steps_applied += 1
     result = _step_stats(evidence, state.capability)
     state.record_etr(result.effective_task_ratio)
+    state.diagnostics.record_ratios(result.positive_ratio, result.below_one_ratio)
     return result
+
+
+def _record_quality(state: PoolState, evidence: Evidence) -> None:
+    """Pairs the p~ made before this step with the pass rates now observed.
+
+    p~ is the interpolation estimate w + mu~ (g - w) with the mu~ of the
+    previous steps, for the evaluated tasks that have reference rates; nothing
+    is recorded while mu~ is unknown. Costs O(batch), not O(pool).
+    """
+    if math.isnan(state.capability) or not len(evidence.indices):
+        return
+    d = state.derived
+    has_ref = d.has_ref[evidence.indices]
+    if not has_ref.any():
+        return
+    idx = evidence.indices[has_ref]
+    p = np.clip(d.weak0[idx] + state.capability * d.gap[idx], 0.0, 1.0)
+    t = evidence.trials[has_ref]
+    state.diagnostics.record_pairs(p, evidence.successes[has_ref] / t, t)
 
 
 def _step_stats(evidence: Evidence, capability: float) -> StepResult:

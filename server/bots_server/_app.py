@@ -1,4 +1,5 @@
-"""Assembles and runs the gRPC server: servicer, health, reflection, expiry, shutdown."""
+"""Assembles and runs the gRPC server: servicer, health, reflection, expiry, shutdown,
+metrics, TLS and token auth."""
 
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ from bots_api.v1 import selector_pb2, selector_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bots_server._auth import AuthInterceptor, tokens_from_settings
 from bots_server._embedded import EmbeddedStore
+from bots_server._metrics import InstrumentedStore, MetricsHttpServer, ServerMetrics
 from bots_server._servicer import TaskSelectorServicer
 from bots_server._settings import ServerSettings, redact_url
 from bots_server._store import Store
+from bots_server._tls import server_credentials
 
 log = logging.getLogger("bots_server")
 
 SERVICE_NAME = selector_pb2.DESCRIPTOR.services_by_name["TaskSelector"].full_name
+# Health service name that stays SERVING while the process runs, whatever the
+# store's state: for liveness probes (readiness uses "" or SERVICE_NAME).
+LIVENESS_SERVICE = "liveness"
 
 
 def build_store(settings: ServerSettings) -> Store:
@@ -55,9 +62,21 @@ class RunningServer:
         health_servicer: health.HealthServicer,
         port: int,
         settings: ServerSettings,
+        *,
+        metrics: ServerMetrics | None = None,
+        metrics_http: MetricsHttpServer | None = None,
+        health_server: grpc.Server | None = None,
+        served_store: Store | None = None,
     ) -> None:
         self.server = server
         self.store = store
+        self.metrics = metrics
+        self.metrics_port: int | None = metrics_http.port if metrics_http is not None else None
+        self.health_port: int | None = None
+        self._metrics_http = metrics_http
+        self._health_server = health_server
+        # The store as the servicer sees it (instrumented when metrics are on).
+        self._served_store = served_store if served_store is not None else store
         self.health = health_servicer
         self.port = port
         self.settings = settings
@@ -84,9 +103,9 @@ class RunningServer:
         serving: bool | None = None
         while not self._stopped.wait(interval):
             try:
-                ok = self.store.healthy()
+                ok = self._served_store.healthy()
                 if ok:
-                    self.store.expire_due()
+                    self._served_store.expire_due()
             except Exception:
                 log.exception("background check failed")
                 ok = False
@@ -103,6 +122,10 @@ class RunningServer:
         grace = self.settings.grace_seconds if grace is None else grace
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self._health_server is not None:
+            self._health_server.stop(0).wait()
+        if self._metrics_http is not None:
+            self._metrics_http.close()
         self._watcher.join(timeout=5)
         self.store.close()
         log.info("server stopped")
@@ -113,8 +136,37 @@ class RunningServer:
 
 
 def start_server(settings: ServerSettings, store: Store | None = None) -> RunningServer:
-    """Builds the store (unless given), binds the port and starts serving."""
+    """Builds the store (unless given), binds the ports and starts serving.
+
+    Raises:
+        RuntimeError: a port cannot be bound, or the TLS or token settings are
+            unusable (checked before the store is opened).
+    """
+    creds = server_credentials(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+    )
+    tokens = tokens_from_settings(settings.auth_tokens_file, settings.auth_token)
     store = store if store is not None else build_store(settings)
+    metrics = None
+    served = store
+    interceptors: list[grpc.ServerInterceptor] = []
+    if settings.metrics_port >= 0:
+        metrics = ServerMetrics(
+            store,
+            max_pools=settings.metrics_max_pools,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            store_kind="redis" if settings.redis_url else "embedded",
+        )
+        served = InstrumentedStore(store, metrics)
+        interceptors.append(metrics.interceptor())
+    if tokens is not None:
+        on_failure = None
+        if metrics is not None:
+            failures = metrics.auth_failures
+            on_failure = lambda reason: failures.labels(reason).inc()  # noqa: E731
+        interceptors.append(AuthInterceptor(tokens, on_failure))
+        if creds is None:
+            log.warning("token auth is on without TLS: tokens travel in clear text")
     opts = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -123,34 +175,101 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="bots-rpc"),
         options=opts,
-        maximum_concurrent_rpcs=None,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     selector_pb2_grpc.add_TaskSelectorServicer_to_server(  # type: ignore[no-untyped-call]
-        TaskSelectorServicer(store, settings), server
+        TaskSelectorServicer(served, settings), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    extra: list[grpc.Server] = []
+    metrics_http = None
+    health_server = None
+    health_port = None
     try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError as exc:
+        port = _bind(server, settings.address, creds)
+        if settings.health_port >= 0:
+            health_server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bots-health"),
+                options=[("grpc.so_reuseport", 0)],
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = _bind(health_server, _join(settings.host, settings.health_port), None)
+            extra.append(health_server)
+        if metrics is not None:
+            metrics_host = settings.metrics_host or settings.host
+            try:
+                metrics_http = MetricsHttpServer(
+                    metrics.registry, metrics_host, settings.metrics_port
+                )
+            except OSError as exc:
+                # Metrics are not on the request path: a taken port must not stop selection.
+                log.error(
+                    "cannot serve /metrics on %s: %s; serving without metrics",
+                    _join(metrics_host, settings.metrics_port),
+                    exc.strerror or exc,
+                )
+    except RuntimeError:
         store.close()
-        raise RuntimeError(f"cannot listen on {settings.address}: {exc}") from None
-    if port == 0:
-        store.close()
-        raise RuntimeError(f"cannot listen on {settings.address}")
+        raise
     server.start()
-    running = RunningServer(server, store, health_servicer, port, settings)
+    for s in extra:
+        s.start()
+    running = RunningServer(
+        server, store, health_servicer, port, settings, metrics=metrics,
+        metrics_http=metrics_http, health_server=health_server, served_store=served,
+    )  # fmt: skip
+    running.health_port = health_port
+    health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     running._set_serving(store.healthy())
     where = (
         f"Redis {redact_url(settings.redis_url)}"
         if settings.redis_url
         else f"data dir {settings.data_dir}"
     )
-    log.info("serving bots.v1.TaskSelector on %s (%s)", running.address, where)
+    security = ", ".join(
+        part
+        for part, on in (
+            ("TLS" if not settings.tls_client_ca_file else "mutual TLS", creds is not None),
+            ("token auth", tokens is not None),
+        )
+        if on
+    )
+    log.info(
+        "serving bots.v1.TaskSelector on %s (%s%s)",
+        running.address,
+        where,
+        f"; {security}" if security else "",
+    )
+    if running.metrics_port is not None:
+        log.info(
+            "metrics on http://%s/metrics",
+            _join(settings.metrics_host or settings.host, running.metrics_port),
+        )
+    if running.health_port is not None:
+        log.info("plaintext health checks on %s", _join(settings.host, running.health_port))
     return running
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind(server: grpc.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+    try:
+        if creds is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, creds)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    return port
 
 
 def serve(settings: ServerSettings) -> int:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from bots_core import PoolConfig, TaskSpec
+import numpy as np
+from bots_core import PoolConfig, PoolState, TaskSpec
+
+# Upper bounds (``le``) of the posterior-mean histogram buckets; +Inf is implied.
+POSTERIOR_MEAN_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class SelectionState(enum.Enum):
@@ -34,6 +39,41 @@ class PoolStats:
     selections_opened: int
     selections_expired: int
     mean_posterior: float
+    # Diagnostics (not on the wire; read by the metrics collector).
+    positive_ratio: float = math.nan  # share of evaluated tasks with pass rate > 0, last step
+    rolling_positive_ratio: float = math.nan
+    below_one_ratio: float = math.nan  # share with pass rate < 1, last step
+    rolling_below_one_ratio: float = math.nan
+    estimator_pearson: float = math.nan  # corr(p~ before a step, pass rate observed in it)
+    estimator_roc_auc: float = math.nan
+    estimator_pairs: int = 0  # (p~, pass rate) pairs behind the two above
+    # Tasks per POSTERIOR_MEAN_BUCKETS bucket (not cumulative): bounds[i-1] < mean <= bounds[i].
+    posterior_mean_counts: tuple[int, ...] = ()
+
+
+def engine_stats(state: PoolState) -> dict[str, Any]:
+    """The PoolStats fields computed from the engine state (one pass over the posteriors)."""
+    d = state.diagnostics
+    counts: tuple[int, ...] = (0,) * len(POSTERIOR_MEAN_BUCKETS)
+    mean = math.nan
+    if state.task_count:
+        means = state.posterior_mean()
+        mean = float(np.mean(means))
+        where = np.searchsorted(np.asarray(POSTERIOR_MEAN_BUCKETS), means, side="left")
+        counts = tuple(
+            int(c) for c in np.bincount(where, minlength=len(POSTERIOR_MEAN_BUCKETS))[: len(counts)]
+        )
+    return {
+        "mean_posterior": mean,
+        "positive_ratio": d.last_positive_ratio,
+        "rolling_positive_ratio": d.rolling_positive_ratio,
+        "below_one_ratio": d.last_below_one_ratio,
+        "rolling_below_one_ratio": d.rolling_below_one_ratio,
+        "estimator_pearson": d.estimator_pearson(),
+        "estimator_roc_auc": d.estimator_roc_auc(),
+        "estimator_pairs": len(d.pairs),
+        "posterior_mean_counts": counts,
+    }
 
 
 @dataclass(frozen=True)

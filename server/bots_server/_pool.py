@@ -46,6 +46,7 @@ from bots_server._model import (
     SelectedTaskView,
     SelectionState,
     SelectionView,
+    engine_stats,
 )
 
 Record = dict[str, Any]
@@ -384,7 +385,6 @@ class PoolRuntime:
 
     def stats(self) -> PoolStats:
         st = self.state
-        mean = float(np.mean(st.posterior_mean())) if st.task_count else math.nan
         return PoolStats(
             name=st.name,
             config=st.config,
@@ -397,7 +397,7 @@ class PoolRuntime:
             tasks_with_references=st.derived.ref_count,
             selections_opened=st.selections_opened,
             selections_expired=self.selections_expired,
-            mean_posterior=mean,
+            **engine_stats(st),
         )
 
     # -------------------------------------------------------- serialisation

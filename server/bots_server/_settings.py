@@ -36,6 +36,16 @@ class ServerSettings:
         checkpoint_every: Log entries after which a replica checkpoints a Redis pool.
         dedup_ttl_seconds: How long a report's request id is remembered (Redis).
         selection_retention_seconds: How long a closed selection can be replayed (Redis).
+        max_concurrent_rpcs: RPCs served or queued at once; more get RESOURCE_EXHAUSTED (0 = no limit).
+        metrics_port: Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).
+        metrics_host: Address of the /metrics endpoint (empty = same as host).
+        metrics_max_pools: Most pools given per-pool metrics (bounds the label cardinality).
+        health_port: Extra plaintext port serving only grpc.health.v1, for probes when TLS is on (-1 = off).
+        tls_cert_file: PEM server certificate (chain); with tls_key_file turns TLS on.
+        tls_key_file: PEM private key of tls_cert_file.
+        tls_client_ca_file: PEM CA that client certificates must chain to (mutual TLS).
+        auth_tokens_file: File of '<token> <role>' lines (role read or write); turns token auth on.
+        auth_token: One write token (secret; prefer the BOTS_AUTH_TOKEN variable to the flag).
     """
 
     host: str = "127.0.0.1"
@@ -57,6 +67,16 @@ class ServerSettings:
     checkpoint_every: int = 64
     dedup_ttl_seconds: int = 7 * 86400
     selection_retention_seconds: int = 86400
+    max_concurrent_rpcs: int = 1024
+    metrics_port: int = 9464
+    metrics_host: str = ""
+    metrics_max_pools: int = 50
+    health_port: int = -1
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    auth_tokens_file: str = ""
+    auth_token: str = ""
 
     @property
     def address(self) -> str:
@@ -77,17 +97,23 @@ class ServerSettings:
         return cls(**values)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict fit for logs: passwords in URLs are masked."""
+        """The settings as a dict fit for logs: passwords in URLs and tokens are masked."""
         out = dataclasses.asdict(self)
         out["redis_url"] = redact_url(self.redis_url)
+        out["auth_token"] = "***" if self.auth_token else ""
         return out
 
 
 def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    """``redis://user:secret@host`` -> ``redis://user:***@host``; ``?password=`` is masked too."""
     parts = urllib.parse.urlsplit(url)
+    if parts.query:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(k == "password" for k, _ in query):
+            masked = [(k, "***" if k == "password" else v) for k, v in query]
+            parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
     if parts.password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     user = parts.username or ""
     host = parts.hostname or ""
     if parts.port:
