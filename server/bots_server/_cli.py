@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
@@ -396,7 +397,26 @@ def _print_json(obj: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> SelectorClient:
-    return SelectorClient(args.target, timeout=args.timeout or DEFAULT_TIMEOUT_S)
+    return SelectorClient(
+        args.target,
+        timeout=args.timeout or DEFAULT_TIMEOUT_S,
+        token=_token(args),
+        root_certificates=_root_certificates(args),
+    )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return getattr(args, "token", None) or os.environ.get("BOTS_TOKEN") or None
+
+
+def _root_certificates(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "ca_file", None) or os.environ.get("BOTS_CA_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read CA file {path}: {exc.strerror}") from None
 
 
 def _progress(args: argparse.Namespace, label: str, total: int | None) -> Progress:
@@ -420,7 +440,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     timeout = args.timeout or DEFAULT_TIMEOUT_S
-    with grpc.insecure_channel(args.target) as channel:
+    roots = _root_certificates(args)
+    channel = (
+        grpc.secure_channel(args.target, grpc.ssl_channel_credentials(roots))
+        if roots is not None
+        else grpc.insecure_channel(args.target)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             resp = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=timeout)
@@ -625,6 +651,18 @@ def _add_client_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="server address host:port (env BOTS_TARGET, default %(default)s)"
         if not suppress
         else "server address host:port (env BOTS_TARGET)",
+    )
+    p.add_argument(
+        "--token",
+        default=default,
+        metavar="TOKEN",
+        help="bearer token for a server with auth (env BOTS_TOKEN; sent in clear without TLS)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default=default,
+        metavar="PEM",
+        help="root certificate(s) to trust; switches to TLS (env BOTS_CA_FILE)",
     )
     p.add_argument(
         "--timeout",

@@ -488,3 +488,31 @@ def test_in_process_logs_never_show_the_token(
         c.list_pools()
     assert "refused a call" in caplog.text
     assert "SECRET" not in caplog.text
+
+
+def test_the_cli_talks_to_a_tls_server_with_a_token(
+    make_server: Callable[..., RunningServer], tmp_path: Path, pki: Pki
+) -> None:
+    running = make_server(**tls_files(tmp_path, pki), auth_token=ENV_TOKEN)
+    ca = write(tmp_path / "ca-cli.pem", pki.ca)
+    tasks = write(tmp_path / "tasks.jsonl", '{"key": "a"}\n{"key": "b"}\n')
+    base = [sys.executable, "-m", "bots_server", "--target", localhost(running), "--ca-file", ca]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTS_")}
+    ok = subprocess.run(
+        [*base, "--token", ENV_TOKEN, "pool", "create", "p", "--tasks", tasks],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    shown = subprocess.run(
+        [*base, "pool", "show", "p", "--json"],
+        capture_output=True, text=True, timeout=60, env={**env, "BOTS_TOKEN": ENV_TOKEN},
+    )  # fmt: skip
+    assert shown.returncode == 0 and '"task_count": 2' in shown.stdout, shown.stderr
+    denied = subprocess.run(
+        [*base, "pool", "list"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert denied.returncode == 1
+    assert "UNAUTHENTICATED" in denied.stderr or "token" in denied.stderr.lower()
+    assert "Traceback" not in denied.stderr
+    healthy = subprocess.run([*base, "check"], capture_output=True, text=True, timeout=60, env=env)
+    assert healthy.returncode == 0 and "SERVING" in healthy.stdout
