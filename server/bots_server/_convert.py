@@ -98,10 +98,8 @@ def selection_to_pb(v: SelectionView) -> pb.SelectBatchResponse:
     return pb.SelectBatchResponse(
         selection_id=v.selection_id,
         tasks=[
-            pb.SelectedTask(
-                key=t.key, index=t.index, sampled_p=t.sampled_p, posterior_mean=t.posterior_mean
-            )
-            for t in v.tasks
+            pb.SelectedTask(key=k, index=i, sampled_p=p, posterior_mean=m)
+            for k, i, p, m in zip(v.keys, v.indices, v.sampled, v.means)
         ],
         replayed=v.replayed,
         posterior_version=v.posterior_version,

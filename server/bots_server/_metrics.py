@@ -319,7 +319,7 @@ class InstrumentedStore(Store):
             self.m.selection_replays.inc()
         else:
             self.m.selections.inc()
-            self.m.selected_tasks.inc(len(view.tasks))
+            self.m.selected_tasks.inc(len(view.keys))
         return view
 
     def report(
@@ -388,7 +388,7 @@ class MetricsHttpServer:
         self.port = int(self._httpd.server_address[1])
         # A short poll interval keeps stop() fast.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.5},
             name="bots-metrics", daemon=True,
         )  # fmt: skip
         self._thread.start()

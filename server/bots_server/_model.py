@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from bots_core import PoolConfig, PoolState, TaskSpec
 
 # Upper bounds (``le``) of the posterior-mean histogram buckets; +Inf is implied.
@@ -77,22 +78,40 @@ def engine_stats(state: PoolState) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class SelectedTaskView:
-    key: str
-    index: int
-    sampled_p: float
-    posterior_mean: float
-
-
-@dataclass(frozen=True)
 class SelectionView:
-    """What SelectBatch answers."""
+    """What SelectBatch answers: the selected tasks as parallel lists, best first.
+
+    Lists rather than one object per task: this is on the hot path of every
+    SelectBatch, and the servicer turns them straight into the response.
+    """
 
     selection_id: str
-    tasks: tuple[SelectedTaskView, ...]
+    keys: list[str]
+    indices: list[int]
+    sampled: list[float]
+    means: list[float]
     replayed: bool
     posterior_version: int
     expected_trials: float
+
+    @classmethod
+    def of(
+        cls,
+        selection_id: str,
+        all_keys: list[str],
+        indices: npt.NDArray[np.int64],
+        sampled: npt.NDArray[np.float64],
+        means: npt.NDArray[np.float64],
+        *,
+        replayed: bool,
+        version: int,
+        expected_trials: float,
+    ) -> SelectionView:
+        idx = indices.tolist()
+        return cls(
+            selection_id, [all_keys[i] for i in idx], idx, sampled.tolist(), means.tolist(),
+            replayed, version, expected_trials,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,6 @@ from bots_server._model import (
     OutcomeIn,
     PoolStats,
     ReportAck,
-    SelectedTaskView,
     SelectionState,
     SelectionView,
     engine_stats,
@@ -374,14 +373,10 @@ class PoolRuntime:
 
     # ---------------------------------------------------------------- views
     def view(self, sel: SelectionData, *, replayed: bool) -> SelectionView:
-        keys = self.state.keys
-        tasks = tuple(
-            SelectedTaskView(keys[int(i)], int(i), float(p), float(m))
-            for i, p, m in zip(sel.indices, sel.sampled, sel.means)
-        )
-        return SelectionView(
-            self.selection_id(sel.number), tasks, replayed, sel.version, sel.expected_trials
-        )
+        return SelectionView.of(
+            self.selection_id(sel.number), self.state.keys, sel.indices, sel.sampled, sel.means,
+            replayed=replayed, version=sel.version, expected_trials=sel.expected_trials,
+        )  # fmt: skip
 
     def stats(self) -> PoolStats:
         st = self.state

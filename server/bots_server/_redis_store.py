@@ -63,7 +63,6 @@ from bots_server._model import (
     OutcomeIn,
     PoolStats,
     ReportAck,
-    SelectedTaskView,
     SelectionState,
     SelectionView,
     engine_stats,
@@ -502,13 +501,11 @@ class RedisStore(Store):
             )
             if reply[0] == b"existing":
                 return self._existing(rep, reply, batch_size, expected, run_id, step)
-            tasks = tuple(
-                SelectedTaskView(rep.state.keys[int(i)], int(i), float(p), float(m))
-                for i, p, m in zip(drawn.indices, drawn.sampled, drawn.means)
-            )
-            return SelectionView(
-                f"{rep.keys.incarnation}-{number}", tasks, False, version, expected
-            )
+            return SelectionView.of(
+                f"{rep.keys.incarnation}-{number}", rep.state.keys, drawn.indices,
+                drawn.sampled, drawn.means, replayed=False, version=version,
+                expected_trials=expected,
+            )  # fmt: skip
 
     def _existing(
         self,
@@ -529,14 +526,10 @@ class RedisStore(Store):
                 f"run {run_id!r} step {step} was already selected with batch_size "
                 f"{len(idx)} and expected_trials {stored_expected}"
             )
-        keys = rep.columns.keys
-        tasks = tuple(
-            SelectedTaskView(keys[int(i)], int(i), float(p), float(m))
-            for i, p, m in zip(idx, sampled, means)
-        )
-        return SelectionView(
-            f"{rep.keys.incarnation}-{number}", tasks, True, int(reply[6]), stored_expected
-        )
+        return SelectionView.of(
+            f"{rep.keys.incarnation}-{number}", rep.columns.keys, idx, sampled, means,
+            replayed=True, version=int(reply[6]), expected_trials=stored_expected,
+        )  # fmt: skip
 
     @_redis_errors
     def report(

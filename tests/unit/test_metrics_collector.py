@@ -20,7 +20,6 @@ from bots_server._model import (
     OutcomeIn,
     PoolStats,
     ReportAck,
-    SelectedTaskView,
     SelectionState,
     SelectionView,
 )
@@ -93,8 +92,11 @@ class FakeStore(Store):
         self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
     ) -> SelectionView:
         self._check()
-        tasks = tuple(SelectedTaskView(f"t{i}", i, 0.5, 0.5) for i in range(batch_size))
-        return SelectionView("s-1", tasks, self.replayed, 0, 8.0)
+        n = batch_size
+        keys = [f"t{i}" for i in range(n)]
+        return SelectionView(
+            "s-1", keys, list(range(n)), [0.5] * n, [0.5] * n, self.replayed, 0, 8.0
+        )
 
     def report(
         self,
