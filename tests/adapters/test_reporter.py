@@ -1,0 +1,191 @@
+"""OutcomeReporter and reward grouping against a real server (no framework needed)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from bots_adapters import (
+    OutcomeReporter,
+    ReportFailedError,
+    ReportQueueFull,
+    RewardMode,
+    effective_task_ratio,
+    group_by_task,
+    group_rewards,
+)
+from bots_client import Outcome, SelectionState, SelectorClient
+
+
+def test_binary_rewards_group_by_task_in_first_seen_order() -> None:
+    keys = ["b", "a", "b", "a", "b", "c"]
+    out = group_rewards(keys, [1, 0, 1, 1, 0, 0])
+    assert out == [Outcome("b", 2, 3), Outcome("a", 1, 2), Outcome("c", 0, 1)]
+    assert effective_task_ratio(out) == pytest.approx(2 / 3)
+
+
+def test_graded_rewards_by_threshold_or_as_fractions() -> None:
+    keys = ["t"] * 4
+    rewards = [0.2, 0.5, 0.9, 1.0]
+    assert group_rewards(keys, rewards, mode="threshold", threshold=0.5) == [Outcome("t", 3, 4)]
+    (frac,) = group_rewards(keys, rewards, mode=RewardMode.FRACTION)
+    assert frac.successes == pytest.approx(2.6) and frac.trials == 4
+    assert group_by_task([("t", rewards)], mode="fraction") == [frac]
+
+
+def test_unscored_rollouts_are_skipped_not_failures() -> None:
+    assert group_rewards(["a", "a", "b"], [1.0, math.nan, None]) == [Outcome("a", 1, 1)]  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    ("mode", "reward", "match"),
+    [
+        ("binary", 0.5, "0 or 1"),
+        ("fraction", 1.5, r"\[0, 1\]"),
+        ("binary", math.inf, "finite"),
+        ("nope", 1.0, "reward mode"),
+    ],
+)
+def test_invalid_rewards_are_rejected(mode: str, reward: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        group_rewards(["a"], [reward], mode=mode)
+
+
+def test_lengths_must_match() -> None:
+    with pytest.raises(ValueError, match="2 task keys but 1 rewards"):
+        group_rewards(["a", "b"], [1.0])
+
+
+def test_reports_are_sent_in_the_background_and_close_flushes(client: SelectorClient) -> None:
+    client.create_pool("r", [f"k{i}" for i in range(8)], preset="bots")
+    sel = client.select_batch("r", 4, run_id="run", step=0, expected_trials=2)
+    reporter = OutcomeReporter(client, "r")
+    half = [k for k in sel.keys for _ in range(2)]
+    rid = reporter.report_rewards(half[:4], [1, 0, 1, 1], selection_id=sel.selection_id)
+    reporter.report_rewards(half[4:], [0, 0, 1, 1], selection_id=sel.selection_id)
+    reporter.close()
+    assert reporter.stats.delivered == 2 and reporter.stats.failed == 0
+    first, second = reporter.delivered
+    assert first.request_id == rid
+    assert first.result and first.result.selection_state is SelectionState.OPEN
+    assert second.result and second.result.selection_state is SelectionState.APPLIED
+    assert client.get_pool("r").steps_applied == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        reporter.report([("k0", 1, 1)])
+
+
+def test_an_outage_is_retried_with_the_same_request_id_and_applied_once(tmp_path: Path) -> None:
+    """The server is down when the report is queued and comes up later on the same port."""
+    from bots_server._app import start_server
+    from bots_server._settings import ServerSettings
+    from service_procs import free_port
+
+    port = free_port()
+    extra = {"metrics_port": -1} if "metrics_port" in ServerSettings.__dataclass_fields__ else {}
+    settings = ServerSettings(
+        host="127.0.0.1", port=port, data_dir=str(tmp_path / "d"), fsync=False, **extra
+    )
+    server = start_server(settings)
+    with SelectorClient(f"127.0.0.1:{port}", timeout=1, retries=0) as client:
+        client.create_pool("o", ["a", "b"], preset="bots")
+        server.stop(grace=0)
+        reporter = OutcomeReporter(client, "o", backoff=0.05, max_backoff=0.2, max_attempts=0)
+        rid = reporter.report([("a", 1, 2)])
+        time.sleep(0.6)
+        assert reporter.pending == 1 and reporter.stats.retries >= 1
+        server = start_server(settings)
+        try:
+            reporter.close(timeout=30)
+            (done,) = reporter.delivered
+            assert done.request_id == rid and done.attempts >= 2
+            assert done.result is not None and not done.result.duplicate
+            assert client.get_pool("o").steps_applied == 1
+            # Sending the same request id again is recognised as a duplicate.
+            again = client.report_outcomes("o", [("a", 1, 2)], request_id=rid)
+            assert again.duplicate and client.get_pool("o").steps_applied == 1
+        finally:
+            server.stop(grace=0)
+
+
+def test_a_full_queue_raises_instead_of_dropping(refused_target: str) -> None:
+    with SelectorClient(refused_target, timeout=0.2, retries=0) as client:
+        reporter = OutcomeReporter(
+            client, "p", max_pending=1, block=False, backoff=5, max_attempts=0
+        )
+        reporter.report([("a", 1, 1)])  # taken by the thread, stuck retrying
+        deadline = time.monotonic() + 5
+        while reporter.stats.retries == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reporter.report([("b", 1, 1)])  # fills the queue
+        with pytest.raises(ReportQueueFull):
+            reporter.report([("c", 1, 1)])
+        with pytest.raises(ReportFailedError) as err:
+            reporter.close(timeout=0.1)
+        assert {f.outcomes[0].task_key for f in err.value.failed} == {"a", "b"}
+
+
+def test_a_full_queue_blocks_until_there_is_room(client: SelectorClient) -> None:
+    client.create_pool("b", ["a"], preset="bots")
+    reporter = OutcomeReporter(client, "b", max_pending=1)
+    threads = [threading.Thread(target=reporter.report, args=([("a", 1, 1)],)) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    reporter.close()
+    assert reporter.stats.delivered == 5
+    assert client.get_pool("b").steps_applied == 5
+
+
+def test_an_undeliverable_report_is_raised_not_dropped(client: SelectorClient) -> None:
+    client.create_pool("u", ["a"], preset="bots")
+    reporter = OutcomeReporter(client, "u")
+    reporter.report([("no-such-task", 1, 1)])
+    with pytest.raises(ReportFailedError, match=r"1 report\(s\)") as err:
+        reporter.flush(timeout=10)
+    assert err.value.failed[0].outcomes[0].task_key == "no-such-task"
+    assert reporter.failed == err.value.failed
+    reporter.close()  # already raised once: not again
+
+
+@pytest.mark.parametrize("on_closed", ["warn", "standalone", "raise"])
+def test_reports_for_a_closed_selection_follow_on_closed(
+    client: SelectorClient, on_closed: str
+) -> None:
+    client.create_pool("late", ["a", "b"], preset="bots")
+    sel = client.select_batch("late", 2, run_id="r", step=0)
+    client.report_outcomes("late", [("a", 1, 1)], selection_id=sel.selection_id, final=True)
+    reporter = OutcomeReporter(client, "late", on_closed=on_closed)
+    reporter.report([("b", 1, 1)], selection_id=sel.selection_id)
+    if on_closed == "raise":
+        with pytest.raises(ReportFailedError):
+            reporter.close()
+    else:
+        reporter.close()
+    assert reporter.stats.late == 1
+    applied = client.get_pool("late").steps_applied
+    assert applied == (2 if on_closed == "standalone" else 1)
+
+
+@pytest.fixture
+def refused_target() -> str:
+    from service_procs import free_port
+
+    return f"127.0.0.1:{free_port()}"
+
+
+def test_the_package_imports_no_framework_and_exports_a_sorted_all() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bots_adapters, bots_adapters.vllm, bots_adapters.trinity;"
+        "heavy = [m for m in ('torch', 'trl', 'transformers', 'verl', 'vllm', 'trinity')"
+        " if m in sys.modules];"
+        "assert not heavy, heavy;"
+        "assert bots_adapters.__all__ == sorted(bots_adapters.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,216 @@
+"""A `torch.utils.data` batch sampler whose batches are BOTS selections from the service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from bots_client import Selection, SelectorClient
+from torch.utils.data import Sampler
+
+from bots_adapters._ledger import SelectionLedger
+
+_STATE_VERSION = 1
+
+
+class KeyIndex:
+    """The two-way mapping between dataset indices and task keys.
+
+    Args:
+        keys: ``keys[i]`` is the task key of dataset index ``i``; or a mapping
+            key -> dataset index.
+    """
+
+    def __init__(self, keys: Sequence[str] | Mapping[str, int]) -> None:
+        if isinstance(keys, Mapping):
+            self.index_of: dict[str, int] = {str(k): int(i) for k, i in keys.items()}
+        else:
+            self.index_of = {}
+            for i, k in enumerate(keys):
+                if k in self.index_of:
+                    raise ValueError(
+                        f"task key {k!r} appears twice (indices {self.index_of[k]}, {i})"
+                    )
+                self.index_of[str(k)] = i
+        self.key_of = {i: k for k, i in self.index_of.items()}
+        if len(self.key_of) != len(self.index_of):
+            raise ValueError("two task keys map to the same dataset index")
+
+    def __len__(self) -> int:
+        return len(self.index_of)
+
+    def indices(self, keys: Sequence[str]) -> list[int]:
+        """Dataset indices of ``keys``.
+
+        Raises:
+            KeyError: A key the mapping does not know (the pool holds tasks the dataset lacks).
+        """
+        try:
+            return [self.index_of[k] for k in keys]
+        except KeyError as err:
+            raise KeyError(
+                f"the pool selected task {err.args[0]!r}, which is not in this sampler's "
+                "key mapping"
+            ) from None
+
+    def keys(self, indices: Sequence[int]) -> list[str]:
+        """Task keys of dataset ``indices``."""
+        return [self.key_of[int(i)] for i in indices]
+
+
+class BotsBatchSampler(Sampler[list[int]]):
+    """Yields one BOTS selection per batch, as dataset indices, for ``DataLoader(batch_sampler=...)``.
+
+    Batch ``j`` of epoch ``e`` is the selection of training step
+    ``start_step + e * steps_per_epoch + j`` of run ``run_id``. The service
+    answers the same (run id, step) with the same selection, so every
+    data-parallel rank that builds this sampler with the same arguments gets
+    identical batches, and a step drawn again after a restart is the same
+    batch (a replay, not a new BOTS step).
+
+    ``state_dict``/``load_state_dict`` save and restore the position, so a
+    resumed run (a torchdata ``StatefulDataLoader`` calls them itself)
+    continues with the next step: no selection is replayed or skipped.
+    ``__len__`` is nominal (``steps_per_epoch``): BOTS draws with
+    replacement across steps, an "epoch" is just a number of steps.
+
+    Args:
+        client: Connected client.
+        pool: Pool whose tasks are the dataset's.
+        keys: Dataset index -> task key (sequence), or task key -> index (mapping).
+        batch_size: Tasks per batch.
+        run_id: Training run id; the same on every rank of one run, a new one
+            for a new run (steps are deduplicated per run id).
+        steps_per_epoch: Batches per epoch; default ``len(keys) // batch_size``.
+        start_step: Step number of the first batch.
+        expected_trials: Trials each task will report (rollouts per task); 0
+            means the pool's ``pseudo_rollouts``.
+        history: How many recent selections `selection` can still look up.
+    """
+
+    def __init__(
+        self,
+        client: SelectorClient,
+        pool: str,
+        keys: Sequence[str] | Mapping[str, int],
+        batch_size: int,
+        *,
+        run_id: str,
+        steps_per_epoch: int | None = None,
+        start_step: int = 0,
+        expected_trials: float = 0.0,
+        history: int = 256,
+    ) -> None:
+        if not run_id:
+            raise ValueError("run_id is required: it keys the selections of the run's steps")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.client = client
+        self.pool = pool
+        self.key_index = KeyIndex(keys)
+        if batch_size > len(self.key_index):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(self.key_index)} tasks")
+        self.batch_size = batch_size
+        self.run_id = run_id
+        self.steps_per_epoch = steps_per_epoch or max(1, len(self.key_index) // batch_size)
+        self.start_step = start_step
+        self.expected_trials = expected_trials
+        self.ledger = SelectionLedger(history)
+        self.epoch = 0
+        self.position = 0
+        self.current_step: int | None = None
+        self.current_selection: Selection | None = None
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Moves to the start of ``epoch`` (a no-op when already inside it, e.g. after a resume)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.position = 0
+
+    def step_number(self, epoch: int, position: int) -> int:
+        """The training step of batch ``position`` of ``epoch``."""
+        return self.start_step + epoch * self.steps_per_epoch + position
+
+    def draw(self, step: int) -> Selection:
+        """Selects (or replays) the batch of ``step`` and records it."""
+        sel = self.client.select_batch(
+            self.pool,
+            self.batch_size,
+            run_id=self.run_id,
+            step=step,
+            expected_trials=self.expected_trials,
+        )
+        self.ledger.add(step, sel)
+        return sel
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while self.position < self.steps_per_epoch:
+            step = self.step_number(self.epoch, self.position)
+            sel = self.draw(step)
+            indices = self.key_index.indices(sel.keys)
+            # Advance before yielding: a state_dict taken while the batch is in use
+            # points at the next batch, so a resume neither repeats nor skips it.
+            self.position += 1
+            self.current_step, self.current_selection = step, sel
+            yield indices
+        self.epoch += 1
+        self.position = 0
+
+    def selection(self, step: int) -> Selection:
+        """The selection of a recent ``step``.
+
+        Raises:
+            KeyError: The step was not drawn by this sampler or is too old.
+        """
+        sel = self.ledger.get(step)
+        if sel is None:
+            raise KeyError(f"step {step} was not drawn recently by this sampler")
+        return sel
+
+    def selection_for(self, batch: Sequence[str] | Sequence[int]) -> tuple[int, Selection]:
+        """The (step, selection) a batch came from, given its task keys or dataset indices.
+
+        Use it when the data loader prefetches (``num_workers > 0``) and
+        `current_selection` may already point at a later batch.
+
+        Raises:
+            KeyError: No recent selection has these tasks.
+        """
+        keys = [self.key_index.key_of[int(x)] if not isinstance(x, str) else x for x in batch]
+        found = self.ledger.match(keys)
+        if found is None:
+            raise KeyError("no recent selection matches this batch")
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next batch (plus identity checks)."""
+        return {
+            "version": _STATE_VERSION,
+            "run_id": self.run_id,
+            "pool": self.pool,
+            "epoch": self.epoch,
+            "position": self.position,
+            "steps_per_epoch": self.steps_per_epoch,
+            "start_step": self.start_step,
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a position saved by `state_dict`.
+
+        Raises:
+            ValueError: The state belongs to another run, pool or batch geometry.
+        """
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"unknown sampler state version {state.get('version')!r}")
+        for name in ("run_id", "pool", "steps_per_epoch", "start_step", "batch_size"):
+            if state[name] != getattr(self, name):
+                raise ValueError(
+                    f"sampler state has {name}={state[name]!r}, this sampler has "
+                    f"{getattr(self, name)!r}"
+                )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
