@@ -102,6 +102,24 @@ def bench_engine(n: int, reps: int) -> dict[str, float]:
     }
 
 
+def bench_store(n: int, reps: int) -> dict[str, float]:
+    """The same SelectBatch in process: the embedded store (journal fsync included), no gRPC."""
+    from bots_server._embedded import EmbeddedStore
+
+    progress(f"in-process store N={n:,}: creating pool")
+    weak, strong = make_rates(n)
+    with tempfile.TemporaryDirectory() as data:
+        store = EmbeddedStore(data)
+        store.create_pool(
+            "bench",
+            PoolConfig(),
+            [TaskSpec(f"t{i}", float(weak[i]), float(strong[i])) for i in range(n)],
+        )
+        t = timings(lambda: store.select("bench", B, "", 0, 0.0), reps)
+        store.close()
+    return {"store_select_p50": float(np.median(t))}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -182,15 +200,17 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
 def table(rows: dict[int, dict[str, float]]) -> str:
     lines = [
         "| N tasks | select (engine) | naive select | speed-up | update (engine) | naive update "
-        "| SelectBatch p50 / p99 | gRPC overhead p50 | ReportOutcomes p50 / p99 |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| select via store, in process | SelectBatch over gRPC p50 / p99 "
+        "| gRPC over store | gRPC over engine | ReportOutcomes p50 / p99 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, r in rows.items():
         lines.append(
             f"| {n:,} | {r['select_p50']:.2f} ms | {r['naive_select_p50']:.2f} ms "
             f"| {r['naive_select_p50'] / r['select_p50']:.2f}x | {r['update_p50']:.2f} ms "
-            f"| {r['naive_update_p50']:.2f} ms "
+            f"| {r['naive_update_p50']:.2f} ms | {r['store_select_p50']:.2f} ms "
             f"| {r['grpc_select_p50']:.2f} / {r['grpc_select_p99']:.2f} ms "
+            f"| {r['grpc_select_p50'] - r['store_select_p50']:+.2f} ms "
             f"| {r['grpc_select_p50'] - r['select_p50']:+.2f} ms "
             f"| {r['grpc_report_p50']:.2f} / {r['grpc_report_p99']:.2f} ms |"
         )
@@ -234,7 +254,11 @@ def main() -> int:
     args = ap.parse_args()
     rows: dict[int, dict[str, float]] = {}
     for n in (int(x) for x in args.sizes.split(",")):
-        rows[n] = {**bench_engine(n, args.reps), **bench_grpc(n, args.reps)}
+        rows[n] = {
+            **bench_engine(n, args.reps),
+            **bench_store(n, args.reps),
+            **bench_grpc(n, args.reps),
+        }
     md = table(rows)
     print(md)
     OUT.mkdir(exist_ok=True)

@@ -292,6 +292,8 @@ class _Derived:
     gap: FloatArray  # strong - weak with 0 where unknown
     ref_count: int
     uniform_prior: tuple[float, float] | None  # (alpha0, beta0) if shared by all tasks
+    no_ref: npt.NDArray[np.int64]  # indices of the tasks without reference rates
+    scratch: FloatArray  # a reusable work array of the pool's size (no page faults per step)
 
     @classmethod
     def build(cls, state: PoolState) -> _Derived:
@@ -303,4 +305,6 @@ class _Derived:
             a, b = float(state.alpha0[0]), float(state.beta0[0])
             if np.all(state.alpha0 == a) and np.all(state.beta0 == b):
                 prior = (a, b)
-        return cls(has_ref, weak0, gap, int(has_ref.sum()), prior)
+        no_ref = np.flatnonzero(~has_ref).astype(np.int64)
+        scratch = np.zeros(state.task_count)
+        return cls(has_ref, weak0, gap, int(has_ref.sum()), prior, no_ref, scratch)

@@ -178,33 +178,11 @@ def apply_step(
     sel_alpha = state.alpha[idx].copy()
     sel_beta = state.beta[idx].copy()
 
-    d = state.derived
     keep = 1.0 - lam
-    if lam != 0.0:
-        state.alpha *= keep
-        state.beta *= keep
-        if d.uniform_prior is not None:
-            state.alpha += lam * d.uniform_prior[0]
-            state.beta += lam * d.uniform_prior[1]
-        else:
-            state.alpha += lam * state.alpha0
-            state.beta += lam * state.beta0
-
-    if rho > 0.0:
-        est = estimator.estimate(state)
-        if est is not None:
-            p, mask = est
-            w = rho * n
-            p *= w
-            if not mask.all():
-                p[~mask] = 0.0
-            state.alpha += p
-            # beta += w (1 - p~) on masked tasks: add w then take back w p~.
-            if mask.all():
-                state.beta += w
-            else:
-                state.beta += np.where(mask, w, 0.0)
-            state.beta -= p
+    if estimator is DEFAULT_ESTIMATOR:
+        _decay_and_interpolate(state, lam, rho * n)
+    else:
+        _decay_and_estimate(state, estimator, lam, rho * n)
 
     # Selected tasks: explicit evidence at full weight, no implicit term.
     state.alpha[idx] = keep * sel_alpha + lam * state.alpha0[idx] + s
@@ -215,6 +193,84 @@ def apply_step(
     state.record_etr(result.effective_task_ratio)
     state.diagnostics.record_ratios(result.positive_ratio, result.below_one_ratio)
     return result
+
+
+BLOCK = 1 << 15  # tasks per block of the fused update: a block's arrays stay in cache
+
+
+def _decay_and_interpolate(state: PoolState, lam: float, w: float) -> None:
+    """Forgetting plus interpolation-based implicit evidence for every task, in place.
+
+    The same arithmetic as :func:`_decay_and_estimate` with the default
+    estimator, fused block by block so that each block's arrays are read from
+    memory once, with blocks spread over the worker threads (numpy releases
+    the GIL; elementwise work gives the same result whatever the split).
+    Selected tasks are overwritten by the caller afterwards.
+    """
+    d = state.derived
+    keep = 1.0 - lam
+    cap = state.capability
+    implicit = w > 0.0 and not math.isnan(cap) and d.ref_count > 0
+    clip = implicit and not 0.0 <= cap <= 1.0
+    prior = d.uniform_prior
+    add_a = lam * prior[0] if prior is not None else 0.0
+    add_b = lam * prior[1] if prior is not None else 0.0
+    if implicit:
+        add_b += w  # beta gets w (1 - p~): add w, take back w p~ below
+    alpha, beta = state.alpha, state.beta
+
+    def block(lo: int) -> None:
+        hi = min(lo + BLOCK, len(alpha))
+        a, b = alpha[lo:hi], beta[lo:hi]
+        if lam != 0.0:
+            a *= keep
+            b *= keep
+            if prior is None:
+                a += lam * state.alpha0[lo:hi]
+                b += lam * state.beta0[lo:hi]
+        if implicit:
+            # p~ = clip(w + mu~ (g - w)); 0 for tasks without references (weak0 = gap = 0).
+            p = np.multiply(d.gap[lo:hi], cap, out=d.scratch[lo:hi])
+            p += d.weak0[lo:hi]
+            if clip:
+                np.clip(p, 0.0, 1.0, out=p)
+            p *= w
+            a += p
+            b -= p
+        if add_a:
+            a += add_a
+        if add_b:
+            b += add_b
+
+    starts = range(0, len(alpha), BLOCK)
+    if len(starts) > 2:
+        from bots_core._select import _threads
+
+        list(_threads().map(block, starts))
+    else:
+        for lo in starts:
+            block(lo)
+    if implicit and len(d.no_ref):
+        beta[d.no_ref] -= w  # they got no implicit evidence
+
+
+def _decay_and_estimate(
+    state: PoolState, estimator: ImplicitEstimator, lam: float, w: float
+) -> None:
+    """Forgetting plus implicit evidence from any estimator plug-in (whole arrays)."""
+    keep = 1.0 - lam
+    if lam != 0.0:
+        state.alpha *= keep
+        state.beta *= keep
+        state.alpha += lam * state.alpha0
+        state.beta += lam * state.beta0
+    est = estimator.estimate(state) if w > 0.0 else None
+    if est is not None:
+        p, mask = est
+        p = np.where(mask, p * w, 0.0)
+        state.alpha += p
+        state.beta += np.where(mask, w, 0.0)
+        state.beta -= p
 
 
 def _record_quality(state: PoolState, evidence: Evidence) -> None:

@@ -28,8 +28,13 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Writes one record durably (OSError when the disk refuses it)."""
-        payload = json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+        """Writes one record durably (OSError when the disk refuses it).
+
+        Keys starting with ``_`` are in-memory companions of the record and are
+        not written.
+        """
+        saved = {k: v for k, v in record.items() if not k.startswith("_")}
+        payload = json.dumps(saved, separators=(",", ":"), allow_nan=False).encode()
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         written = os.write(self._fd, frame)
         if written != len(frame):

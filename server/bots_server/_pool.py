@@ -118,12 +118,18 @@ class SelectionData:
     deadline: float
     successes: npt.NDArray[np.float64] = field(init=False)
     trials: npt.NDArray[np.float64] = field(init=False)
-    position: dict[int, int] = field(init=False)
+    _position: dict[int, int] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.successes = np.zeros(len(self.indices))
         self.trials = np.zeros(len(self.indices))
-        self.position = {int(i): p for p, i in enumerate(self.indices)}
+
+    @property
+    def position(self) -> dict[int, int]:
+        """Task index -> position in the selection (built on the first report)."""
+        if self._position is None:
+            self._position = {i: p for p, i in enumerate(self.indices.tolist())}
+        return self._position
 
     def complete(self) -> bool:
         return bool(np.all(self.trials >= self.expected_trials))
@@ -235,6 +241,7 @@ class PoolRuntime:
         number = self.state.selections_opened
         drawn = select_batch(self.state, batch_size, number)
         return {
+            "_drawn": drawn,  # in-memory only (keys starting with "_" are not journaled)
             "op": "select",
             "number": number,
             "run_id": run_id,
@@ -307,13 +314,14 @@ class PoolRuntime:
             self.state.add_tasks([_spec_from_list(t) for t in record["tasks"]])
             return None
         if op == "select":
+            drawn = record.get("_drawn")
             sel = SelectionData(
                 record["number"],
                 record["run_id"],
                 record["step"],
-                _unb64(record["indices"], np.int64),
-                _unb64(record["sampled"], np.float64),
-                _unb64(record["means"], np.float64),
+                drawn.indices if drawn is not None else _unb64(record["indices"], np.int64),
+                drawn.sampled if drawn is not None else _unb64(record["sampled"], np.float64),
+                drawn.means if drawn is not None else _unb64(record["means"], np.float64),
                 record["expected_trials"],
                 record["version"],
                 record["deadline"],
