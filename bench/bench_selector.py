@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -105,19 +105,33 @@ def bench_engine(n: int, reps: int) -> dict[str, float]:
 def bench_store(n: int, reps: int) -> dict[str, float]:
     """The same SelectBatch in process: the embedded store (journal fsync included), no gRPC."""
     from bots_server._embedded import EmbeddedStore
+    from bots_server._store import PoolDump
 
-    progress(f"in-process store N={n:,}: creating pool")
-    weak, strong = make_rates(n)
+    progress(f"in-process store N={n:,}: importing the benchmark pool")
     with tempfile.TemporaryDirectory() as data:
         store = EmbeddedStore(data)
-        store.create_pool(
-            "bench",
-            PoolConfig(),
-            [TaskSpec(f"t{i}", float(weak[i]), float(strong[i])) for i in range(n)],
-        )
+        store.import_pool(PoolDump.of_state(make_state(n), 0))
         t = timings(lambda: store.select("bench", B, "", 0, 0.0), reps)
         store.close()
     return {"store_select_p50": float(np.median(t))}
+
+
+def import_chunks(state: PoolState, size: int = 50_000) -> Iterator[pb.PosteriorChunk]:
+    """ImportPosteriors messages for an engine state."""
+    for lo in range(0, state.task_count, size):
+        chunk = pb.PosteriorChunk()
+        if lo == 0:
+            chunk.header.name = "bench"
+            chunk.header.task_count = state.task_count
+            chunk.header.capability = state.capability
+        add = chunk.tasks.add
+        for i in range(lo, min(state.task_count, lo + size)):
+            add(
+                task=pb.Task(key=state.keys[i], weak=state.weak[i], strong=state.strong[i]),
+                alpha=state.alpha[i],
+                beta=state.beta[i],
+            )
+        yield chunk
 
 
 def free_port() -> int:
@@ -147,20 +161,9 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
             with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
                 grpc.channel_ready_future(ch).result(timeout=30)
                 stub = selector_pb2_grpc.TaskSelectorStub(ch)
-                progress(f"gRPC N={n:,}: creating pool")
-                weak, strong = make_rates(n)
-                stub.CreatePool(pb.CreatePoolRequest(name="bench"))
-                step = 50_000
-                for lo in range(0, n, step):
-                    stub.AddTasks(
-                        pb.AddTasksRequest(
-                            pool="bench",
-                            tasks=[
-                                pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i])
-                                for i in range(lo, min(n, lo + step))
-                            ],
-                        )
-                    )
+                # The same pool (posteriors included) as the engine benchmark, via import.
+                progress(f"gRPC N={n:,}: importing the benchmark pool")
+                stub.ImportPosteriors(import_chunks(make_state(n)), timeout=600)
                 progress(f"gRPC N={n:,}: SelectBatch x{reps}")
                 req = pb.SelectBatchRequest(pool="bench", batch_size=B)
                 sel = timings(lambda: stub.SelectBatch(req, timeout=30), reps)

@@ -95,16 +95,16 @@ def stats_to_pb(s: PoolStats) -> pb.PoolInfo:
 
 
 def selection_to_pb(v: SelectionView) -> pb.SelectBatchResponse:
-    return pb.SelectBatchResponse(
+    resp = pb.SelectBatchResponse(
         selection_id=v.selection_id,
-        tasks=[
-            pb.SelectedTask(key=k, index=i, sampled_p=p, posterior_mean=m)
-            for k, i, p, m in zip(v.keys, v.indices, v.sampled, v.means)
-        ],
         replayed=v.replayed,
         posterior_version=v.posterior_version,
         expected_trials=v.expected_trials,
     )
+    add = resp.tasks.add  # about twice as fast as building SelectedTask objects first
+    for k, i, p, m in zip(v.keys, v.indices, v.sampled, v.means):
+        add(key=k, index=i, sampled_p=p, posterior_mean=m)
+    return resp
 
 
 def ack_to_pb(a: ReportAck) -> pb.ReportOutcomesResponse:
