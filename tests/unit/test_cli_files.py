@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from bots_client import PoolConfig, PoolHeader, SelectionMode, Task, TaskPosterior
-from bots_server import _cli
-from bots_server._cli import FileFormatError, UsageError, read_tasks
+from bots_server import _cli, _files
+from bots_server._files import FileFormatError, UsageError, read_tasks
 from bots_server._progress import Progress
 
 
@@ -146,9 +146,9 @@ def test_export_header_round_trips_with_nan_capability_as_null() -> None:
     header = PoolHeader(
         "p", PoolConfig(forgetting=0.2, mode=SelectionMode.SOFTMAX, seed=3), 2, 5, math.nan, 7
     )
-    obj = json.loads(json.dumps(_cli.header_to_json(header), allow_nan=False))
+    obj = json.loads(json.dumps(_files.header_to_json(header), allow_nan=False))
     assert obj["capability"] is None and obj["config"]["mode"] == "softmax"
-    back = _cli.header_from_json("f", 1, obj)
+    back = _files.header_from_json("f", 1, obj)
     assert math.isnan(back.capability)
     assert back.config == header.config
     assert (back.name, back.task_count, back.steps_applied, back.selections_opened) == (
@@ -163,13 +163,13 @@ def test_export_file_reads_header_then_posteriors_lazily() -> None:
     header = PoolHeader("p", PoolConfig(), 2, 0, 0.5, 0)
     posterior = TaskPosterior(Task("a", weak=0.1, strong=0.3), 2.0, 3.0)
     text = (
-        json.dumps(_cli.header_to_json(header))
+        json.dumps(_files.header_to_json(header))
         + "\n"
-        + json.dumps(_cli.posterior_to_json(posterior))
+        + json.dumps(_files.posterior_to_json(posterior))
         + "\n"
         + '{"key": "b", "alpha": -1, "beta": 2}\n'
     )
-    got_header, items = _cli.read_export("x.jsonl", io.StringIO(text))
+    got_header, items = _files.read_export("x.jsonl", io.StringIO(text))
     assert got_header == header
     assert next(items) == posterior
     with pytest.raises(FileFormatError, match=r"x\.jsonl:3: alpha and beta"):
@@ -189,7 +189,7 @@ def test_export_file_reads_header_then_posteriors_lazily() -> None:
 )
 def test_bad_export_headers_are_rejected(text: str, message: str) -> None:
     with pytest.raises(FileFormatError) as info:
-        _cli.read_export("x.jsonl", io.StringIO(text))
+        _files.read_export("x.jsonl", io.StringIO(text))
     assert message in str(info.value)
 
 
