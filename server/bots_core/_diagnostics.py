@@ -118,6 +118,13 @@ def pearson(x: FloatArray, y: FloatArray) -> float:
         return math.nan
     dx = x - x.mean()
     dy = y - y.mean()
+    # Scale each series to max |d| = 1 (correlation is scale-free): tiny deviations
+    # would otherwise underflow in the products below.
+    sx, sy = float(np.max(np.abs(dx))), float(np.max(np.abs(dy)))
+    if sx == 0.0 or sy == 0.0 or not (math.isfinite(sx) and math.isfinite(sy)):
+        return math.nan
+    dx = dx / sx
+    dy = dy / sy
     den = math.sqrt(float(np.dot(dx, dx)) * float(np.dot(dy, dy)))
     if den == 0.0 or not math.isfinite(den):
         return math.nan

@@ -141,17 +141,21 @@ def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(
 
     def held_import() -> Iterator[pb.PosteriorChunk]:
         # A client stream that stays open keeps its RPC (and the one slot) busy.
+        # The first message makes sure the server has started handling it; the
+        # header promises a task that never comes, so the import fails at the end.
+        first = pb.PosteriorChunk()
+        first.header.name = "held"
+        first.header.task_count = 1
+        yield first
         first_sent.set()
         release.wait(timeout=30)
-        return
-        yield
 
     with channel:
         held = stub.ImportPosteriors.future(held_import(), timeout=30)
         try:
             assert first_sent.wait(timeout=10)
             refused = None
-            for _ in range(50):  # the held call may take a moment to be admitted
+            for _ in range(200):  # the held call may take a moment to be admitted
                 try:
                     stub.ListPools(pb.ListPoolsRequest(), timeout=10)
                 except grpc.RpcError as err:

@@ -22,7 +22,7 @@ from bots_core import (
 from bots_core._diagnostics import pearson, weighted_auc
 from bots_core._state import _MAGIC
 from bots_server._model import POSTERIOR_MEAN_BUCKETS, engine_stats
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
@@ -40,6 +40,7 @@ def referenced_pool(n: int = 6) -> PoolState:
 
 
 @settings(max_examples=60, deadline=None)
+@example([(0.0, 0.0), (0.0, 0.0), (0.125, 5.41748526597323e-160)])  # underflowed once
 @given(
     st.lists(st.tuples(st.floats(0, 1), st.floats(-5, 5)), min_size=3, max_size=40).filter(
         lambda xs: len({x for x, _ in xs}) > 1 and len({y for _, y in xs}) > 1
