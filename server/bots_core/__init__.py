@@ -6,6 +6,7 @@ from bots_core._config import PRESETS, PoolConfig, SelectionMode, preset
 from bots_core._diagnostics import QUALITY_WINDOW, RATIO_WINDOW, Diagnostics
 from bots_core._errors import (
     BotsCoreError,
+    CorruptStateError,
     InvalidInputError,
     TaskConflictError,
     UnknownTaskError,
@@ -14,6 +15,7 @@ from bots_core._select import Selection, beta_draws, seed_sequence, select_batch
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
+    MAX_TRIALS,
     Evidence,
     ImplicitEstimator,
     InterpolationEstimator,
@@ -28,10 +30,12 @@ __all__ = [
     "DEFAULT_ESTIMATOR",
     "ETR_WINDOW",
     "MAX_KEY_BYTES",
+    "MAX_TRIALS",
     "PRESETS",
     "QUALITY_WINDOW",
     "RATIO_WINDOW",
     "BotsCoreError",
+    "CorruptStateError",
     "Diagnostics",
     "Evidence",
     "ImplicitEstimator",

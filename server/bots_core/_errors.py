@@ -3,7 +3,8 @@
 BotsCoreError
 ├── InvalidInputError   malformed input, whatever the state (NaN, s > t, ...)
 ├── UnknownTaskError    a task key that the pool does not hold
-└── TaskConflictError   a key registered again with different attributes
+├── TaskConflictError   a key registered again with different attributes
+└── CorruptStateError   a state that cannot be computed on (e.g. a non-finite posterior)
 """
 
 from __future__ import annotations
@@ -27,3 +28,7 @@ class UnknownTaskError(BotsCoreError, KeyError):
 
 class TaskConflictError(BotsCoreError):
     """A task key registered again with different attributes."""
+
+
+class CorruptStateError(BotsCoreError):
+    """A pool state the engine refuses to compute on, such as a non-finite posterior."""

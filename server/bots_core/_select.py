@@ -10,6 +10,7 @@ draws are made as Gamma ratios in float32: the same Beta distribution as
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bots_core._config import SelectionMode
-from bots_core._errors import InvalidInputError
+from bots_core._errors import CorruptStateError, InvalidInputError
 from bots_core._state import FloatArray, PoolState
 from bots_core._update import IntArray
 
@@ -207,12 +208,21 @@ def gamma_draws(
     (the squeeze, ~98% of draws) or log u < x^2/2 + d (1 - v + log v).
     Rejected positions are drawn again until none is left. The normals come
     from :func:`normal_draws`.
+
+    A finite shape is accepted with probability above 0.95 per round, so a
+    position still rejected after ``_PATIENT_ROUNDS`` rounds (odds below
+    1e-60) has a shape that is not a number: CorruptStateError, never a loop
+    that runs forever.
     """
     d = shape - np.float32(1.0 / 3.0)
     c = np.float32(1.0 / 3.0) / np.sqrt(d)
     out: npt.NDArray[np.float32] = d  # replaced by the first pass's draws
     todo: IntArray | None = None  # None: every position (no gather on the first pass)
-    while True:
+    for rounds in itertools.count(1):
+        if rounds > _PATIENT_ROUNDS:
+            assert todo is not None
+            if not np.all(np.isfinite(d[todo])):
+                raise CorruptStateError("a posterior is not a finite number: cannot draw from it")
         dd = d if todo is None else d[todo]
         cc = c if todo is None else c[todo]
         m = len(dd)
@@ -244,8 +254,10 @@ def gamma_draws(
         if not len(rejected):
             return out
         todo = rejected
+    raise AssertionError("unreachable")
 
 
+_PATIENT_ROUNDS = 48
 _TWO_PI = np.float32(2.0 * np.pi)
 
 

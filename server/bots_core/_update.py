@@ -11,10 +11,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bots_core._errors import InvalidInputError, UnknownTaskError
+from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError
 from bots_core._state import FloatArray, PoolState
 
 IntArray = npt.NDArray[np.int64]
+
+# Most trials one outcome (and one task in one step) may carry. Far beyond any
+# real rollout count, and small enough that no sum of evidence can overflow.
+MAX_TRIALS = 1e12
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ def check_counts(key: str, successes: float, trials: float) -> None:
         raise InvalidInputError(f"task {key!r}: counts must be finite")
     if trials <= 0:
         raise InvalidInputError(f"task {key!r}: trials must be > 0, got {trials}")
+    if trials > MAX_TRIALS:
+        raise InvalidInputError(f"task {key!r}: trials must be <= {MAX_TRIALS:g}, got {trials}")
     if successes < 0:
         raise InvalidInputError(f"task {key!r}: successes must be >= 0, got {successes}")
     if successes > trials:
@@ -63,7 +69,7 @@ def aggregate(state: PoolState, outcomes: Iterable[tuple[str, float, float]]) ->
     keys = [o[0] for o in items]
     s = np.array([o[1] for o in items], dtype=np.float64)
     t = np.array([o[2] for o in items], dtype=np.float64)
-    bad = ~(np.isfinite(s) & np.isfinite(t) & (t > 0) & (s >= 0) & (s <= t))
+    bad = ~(np.isfinite(s) & np.isfinite(t) & (t > 0) & (t <= MAX_TRIALS) & (s >= 0) & (s <= t))
     if bad.any():
         j = int(np.argmax(bad))
         check_counts(keys[j], float(s[j]), float(t[j]))  # raises with the precise reason
@@ -172,21 +178,30 @@ def apply_step(
     idx, s, t = evidence.indices, evidence.successes, evidence.trials
     if len(idx) and (idx.min() < 0 or idx.max() >= state.task_count):
         raise InvalidInputError("evidence index out of range")
+    if not (
+        np.all(np.isfinite(s)) and np.all(np.isfinite(t)) and np.all(s >= 0) and np.all(s <= t)
+    ):
+        raise InvalidInputError("evidence counts must be finite with 0 <= successes <= trials")
+    keep = 1.0 - lam
+    # Selected tasks: explicit evidence at full weight, no implicit term. Computed
+    # first, so that nothing is written when the result would not be finite.
+    new_alpha = keep * state.alpha[idx] + lam * state.alpha0[idx] + s
+    new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
+    if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
+        raise CorruptStateError(
+            f"pool {state.name!r}: this evidence would make a posterior non-finite"
+        )
 
     _record_quality(state, evidence)
     estimator.observe(state, evidence)
-    sel_alpha = state.alpha[idx].copy()
-    sel_beta = state.beta[idx].copy()
 
-    keep = 1.0 - lam
     if estimator is DEFAULT_ESTIMATOR:
         _decay_and_interpolate(state, lam, rho * n)
     else:
         _decay_and_estimate(state, estimator, lam, rho * n)
 
-    # Selected tasks: explicit evidence at full weight, no implicit term.
-    state.alpha[idx] = keep * sel_alpha + lam * state.alpha0[idx] + s
-    state.beta[idx] = keep * sel_beta + lam * state.beta0[idx] + (t - s)
+    state.alpha[idx] = new_alpha
+    state.beta[idx] = new_beta
 
     state.steps_applied += 1
     result = _step_stats(evidence, state.capability)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from bots_server._auth import AuthInterceptor, tokens_from_settings
 from bots_server._embedded import EmbeddedStore
 from bots_server._metrics import InstrumentedStore, MetricsHttpServer, ServerMetrics
+from bots_server._pool import Retention
 from bots_server._servicer import TaskSelectorServicer
 from bots_server._settings import ServerSettings, redact_url
 from bots_server._store import Store
@@ -32,6 +33,13 @@ LIVENESS_SERVICE = "liveness"
 
 def build_store(settings: ServerSettings) -> Store:
     """The Redis store when ``redis_url`` is set, else the embedded store."""
+    retention = Retention(
+        closed_selections=settings.selections_remembered,
+        selection_seconds=settings.selection_retention_seconds,
+        request_ids=settings.request_ids_remembered,
+        request_seconds=settings.dedup_ttl_seconds,
+        max_open_selections=settings.max_open_selections,
+    )
     if settings.redis_url:
         from bots_server._redis_store import RedisStore
 
@@ -40,8 +48,7 @@ def build_store(settings: ServerSettings) -> Store:
             cluster=settings.redis_cluster,
             timeout=settings.redis_timeout_seconds,
             checkpoint_every=settings.checkpoint_every,
-            dedup_ttl=settings.dedup_ttl_seconds,
-            selection_retention=settings.selection_retention_seconds,
+            retention=retention,
             max_tasks_per_pool=settings.max_tasks_per_pool,
         )
     return EmbeddedStore(
@@ -49,6 +56,7 @@ def build_store(settings: ServerSettings) -> Store:
         fsync=settings.fsync,
         snapshot_every=settings.snapshot_every,
         max_tasks_per_pool=settings.max_tasks_per_pool,
+        retention=retention,
     )
 
 

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from bots_core import InvalidInputError
 
-from bots_server._store import FloatArray
+FloatArray = npt.NDArray[np.float64]
 
 _MAGIC = b"BTC1"
 

@@ -2,63 +2,75 @@
 
 Layout of ``data_dir``::
 
-    LOCK                      held (flock) by the one server using the directory
-    pools/<name>/snapshot.bin state as of record number `seq` (atomic replace)
-    pools/<name>/journal.log  records applied after the snapshot
+    LOCK                                 held (flock) by the one server using it
+    pools/<name>/snapshot.bin            checksummed image as of some record seq S
+    pools/<name>/snapshot.prev.bin       the image before it (for `bots recover`)
+    pools/<name>/journal-<seq>.log       journal segments: every record after
+                                         the previous image, fsynced before the answer
 
-Each change is planned (validated), appended to the pool's journal (fsynced
-by default) and only then applied in memory and acknowledged. On start every
-pool is rebuilt from its snapshot plus the journal records after it.
+A snapshot is captured under the pool lock (copies, no encoding), and encoded
+and written by the thread that triggered it after the lock is released; the
+journal rotates to a new segment at the same moment, and segments older than
+the previous image are deleted once the new one is on disk.
+
+A pool whose snapshot or journal is damaged (anything but a torn tail, see
+:mod:`bots_server._journal`) is loaded as *damaged*: its requests fail with
+DATA_LOSS naming the file and offset, other pools serve as usual, and the
+operator runs ``bots recover`` (:func:`recover_pool`) to continue from the
+last intact record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import json
+import itertools
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
-from bots_core import PoolConfig, PoolState, TaskSpec
-
-from bots_server._errors import (
-    AlreadyExists,
-    NotFound,
-    ResourceExhausted,
-    StoreUnavailable,
+from bots_server._errors import DataLoss, NotFound, StoreUnavailable
+from bots_server._journal import (
+    Damage,
+    Journal,
+    JournalBroken,
+    fsync_dir,
+    read_segments,
+    segments,
+    write_atomic,
 )
-from bots_server._journal import Journal, fsync_dir, replay, write_atomic
-from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
-from bots_server._pool import PoolRuntime, Record, check_pool_name
-from bots_server._store import PoolDump, Store
+from bots_server._logstore import LogStore, PoolHandle
+from bots_server._pool import PoolRuntime, Retention
+from bots_server._records import Record, decode, encode
+from bots_server._snapshot import CorruptImage, capture
+from bots_server._snapshot import decode as decode_image
+from bots_server._snapshot import encode as encode_image
 
 log = logging.getLogger(__name__)
 
-_SNAP_MAGIC = b"BOTSSNAP\x01"
-T = TypeVar("T")
+SNAPSHOT = "snapshot.bin"
+PREVIOUS = "snapshot.prev.bin"
 
 
-class _Pool:
-    """A pool's runtime, its lock and its journal."""
+class _Pool(PoolHandle):
+    """A pool's runtime, lock, directory and open journal segment."""
 
-    def __init__(self, runtime: PoolRuntime, directory: Path, journal: Journal) -> None:
-        self.runtime = runtime
+    def __init__(self, name: str, runtime: PoolRuntime | None, directory: Path) -> None:
+        super().__init__(name, runtime)
         self.dir = directory
-        self.journal = journal
-        self.lock = threading.Lock()
+        self.journal: Journal | None = None
         self.since_snapshot = 0
-        self.deleted = False
+        self.snapshotting = False
 
 
-class EmbeddedStore(Store):
-    """In-process pools persisted as snapshot + journal under ``data_dir``."""
+class EmbeddedStore(LogStore):
+    """In-process pools persisted as snapshots + journal segments under ``data_dir``."""
 
     def __init__(
         self,
@@ -67,264 +79,314 @@ class EmbeddedStore(Store):
         fsync: bool = True,
         snapshot_every: int = 1000,
         max_tasks_per_pool: int = 50_000_000,
+        retention: Retention | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(
+            retention=retention or Retention(), max_tasks_per_pool=max_tasks_per_pool, clock=clock
+        )
         self.root = Path(data_dir)
         self.fsync = fsync
         self.snapshot_every = max(1, snapshot_every)
-        self.max_tasks = max_tasks_per_pool
-        self.clock = clock
         self._pools: dict[str, _Pool] = {}
         self._lock = threading.Lock()
         (self.root / "pools").mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise RuntimeError(
-                f"data directory {self.root} is in use by another bots server"
-            ) from None
-        self._load()
-
-    # --------------------------------------------------------------- loading
-    def _load(self) -> None:
-        pools_dir = self.root / "pools"
-        for entry in sorted(pools_dir.iterdir()):
+        self._lock_fd = lock_data_dir(self.root)
+        for entry in sorted((self.root / "pools").iterdir()):
             if entry.name.startswith("."):
                 shutil.rmtree(entry, ignore_errors=True)  # unfinished create or delete
-                continue
-            snap = entry / "snapshot.bin"
-            if not snap.exists():
-                continue
-            runtime = _read_snapshot(snap)
-            replayed = 0
-            for record in replay(entry / "journal.log"):
-                if record["seq"] <= runtime.seq:
-                    continue
-                runtime.apply(record)
-                replayed += 1
-            pool = _Pool(runtime, entry, Journal(entry / "journal.log", fsync=self.fsync))
-            pool.since_snapshot = replayed
-            self._pools[runtime.state.name] = pool
-            log.info(
-                "loaded pool %s: %d tasks, %d steps, %d journal records",
-                runtime.state.name,
-                runtime.state.task_count,
-                runtime.state.steps_applied,
-                replayed,
-            )
+            elif entry.is_dir():
+                self._pools[entry.name] = self._load(entry)
 
-    # ------------------------------------------------------------- plumbing
-    def _get(self, name: str) -> _Pool:
+    # --------------------------------------------------------------- loading
+    def _load(self, directory: Path) -> _Pool:
+        pool = _Pool(directory.name, None, directory)
+        runtime, damage = load_pool(directory, self.retention)
+        pool.runtime = runtime
+        if damage is not None:
+            pool.damage = (
+                f"pool {directory.name!r} is damaged and does not serve: {damage.describe()}. "
+                f"Stop the server and run `bots recover --data-dir {self.root} {directory.name}` "
+                "(docs/operations.md, 'Recovering a damaged pool')"
+            )
+            log.error("%s", pool.damage)
+            return pool
+        assert runtime is not None
+        pool.journal = Journal(directory, runtime.seq + 1, fsync=self.fsync)
+        log.info(
+            "loaded pool %s: %d tasks, %d steps, record %d",
+            runtime.name, runtime.tasks.task_count, runtime.steps_applied, runtime.seq,
+        )  # fmt: skip
+        return pool
+
+    # ----------------------------------------------------------------- hooks
+    def _handle(self, name: str) -> PoolHandle:
         with self._lock:
             pool = self._pools.get(name)
         if pool is None:
             raise NotFound(f"pool {name!r} not found")
         return pool
 
-    def _locked(self, name: str, fn: Callable[[_Pool], T]) -> T:
-        pool = self._get(name)
-        with pool.lock:
-            if pool.deleted:
-                raise NotFound(f"pool {name!r} not found")
-            return fn(pool)
+    def _sync(self, h: PoolHandle) -> PoolRuntime:
+        if h.damage is not None:
+            raise DataLoss(h.damage)
+        assert h.runtime is not None
+        return h.runtime
 
-    def _commit(self, pool: _Pool, record: Record) -> Any:
-        """Makes a record durable, then applies it."""
-        record["seq"] = pool.runtime.seq + 1
+    def _append(self, h: PoolHandle, record: Record) -> int:
+        assert isinstance(h, _Pool) and h.journal is not None and h.runtime is not None
+        seq = h.runtime.seq + 1
         try:
-            pool.journal.append(record)
+            h.journal.append(seq, encode(record))
+        except JournalBroken as exc:
+            h.damage = f"pool {h.name!r} stopped taking changes: {exc}; restart the server"
+            log.error("%s", h.damage)
+            raise StoreUnavailable(h.damage) from exc
         except OSError as exc:
-            log.error("journal write failed for pool %s: %s", pool.runtime.state.name, exc)
-            raise StoreUnavailable("the store could not persist the change; retry later") from exc
-        result = pool.runtime.apply(record)
-        pool.since_snapshot += 1
-        if pool.since_snapshot >= self.snapshot_every:
-            self._snapshot(pool)
-        return result
+            log.error("journal write failed for pool %s: %s", h.name, exc)
+            raise StoreUnavailable(
+                f"the store could not persist the change ({exc.strerror or exc}); nothing "
+                "was applied; retry later"
+            ) from exc
+        return seq
 
-    def _snapshot(self, pool: _Pool) -> None:
+    def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
+        assert isinstance(h, _Pool)
+        h.since_snapshot += 1
+        if h.since_snapshot < self.snapshot_every or h.snapshotting:
+            return None
+        return self._begin_snapshot(h)
+
+    def _begin_snapshot(self, pool: _Pool) -> Callable[[], None] | None:
+        """Captures the pool and rotates its journal (lock held); returns the writer."""
+        assert pool.runtime is not None and pool.journal is not None
+        image = capture(pool.runtime, with_tasks=True)
         try:
-            write_atomic(pool.dir / "snapshot.bin", _snapshot_bytes(pool.runtime))
-            pool.journal.truncate()
-            pool.since_snapshot = 0
-        except OSError as exc:  # the journal still holds everything
-            log.warning("snapshot of %s failed: %s", pool.runtime.state.name, exc)
+            journal = Journal(pool.dir, image.seq + 1, fsync=self.fsync)
+        except OSError as exc:
+            log.warning("snapshot of %s postponed: %s", pool.name, exc)
+            return None
+        pool.journal.close()
+        pool.journal = journal
+        pool.since_snapshot = 0
+        pool.snapshotting = True
 
-    def _install(self, runtime: PoolRuntime) -> _Pool:
-        """Writes a new pool directory atomically and registers it (store lock held)."""
-        name = runtime.state.name
-        tmp = self.root / "pools" / f".new-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        write_atomic(tmp / "snapshot.bin", _snapshot_bytes(runtime))
-        final = self.root / "pools" / name
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
-        pool = _Pool(runtime, final, Journal(final / "journal.log", fsync=self.fsync))
-        self._pools[name] = pool
-        return pool
-
-    # ------------------------------------------------------------ interface
-    def create_pool(
-        self, name: str, config: PoolConfig, tasks: Sequence[TaskSpec]
-    ) -> tuple[PoolStats, bool, int]:
-        check_pool_name(name)
-        with self._lock:
-            existing = self._pools.get(name)
-            if existing is None:
-                state = PoolState(name, config)
-                if len(tasks) > self.max_tasks:
-                    raise ResourceExhausted(
-                        f"pool {name!r} would hold {len(tasks)} tasks; the limit is {self.max_tasks}"
-                    )
-                added = state.add_tasks(tasks)
-                runtime = PoolRuntime(state, uuid.uuid4().hex[:12])
-                try:
-                    self._install(runtime)
-                except OSError as exc:
-                    raise StoreUnavailable(f"could not create pool {name!r}: {exc}") from exc
-                return runtime.stats(), True, added
-        if existing.runtime.state.config != config:
-            raise AlreadyExists(f"pool {name!r} already exists with a different config")
-        added, _ = self.add_tasks(name, tasks)
-        return self.get_pool(name), False, added
-
-    def add_tasks(self, name: str, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
-        def run(pool: _Pool) -> tuple[int, int]:
-            before = pool.runtime.state.task_count
-            record = pool.runtime.plan_add(tasks, self.max_tasks)
-            if record is not None:
-                self._commit(pool, record)
-            after = pool.runtime.state.task_count
-            return after - before, after
-
-        return self._locked(name, run)
-
-    def get_pool(self, name: str) -> PoolStats:
-        return self._locked(name, lambda p: p.runtime.stats())
-
-    def list_pools(self) -> list[PoolStats]:
-        with self._lock:
-            names = sorted(self._pools)
-        out = []
-        for name in names:
+        def write() -> None:
             try:
-                out.append(self.get_pool(name))
-            except NotFound:
-                continue  # deleted meanwhile
-        return out
+                save_snapshot(pool.dir, encode_image(image))
+            except OSError as exc:  # the journal still holds everything
+                log.warning("snapshot of %s failed: %s", pool.name, exc)
+            finally:
+                with pool.lock:
+                    pool.snapshotting = False
 
-    def delete_pool(self, name: str) -> None:
+        return write
+
+    def _install(self, runtime: PoolRuntime) -> bool:
+        name = runtime.name
+        with self._lock:
+            if name in self._pools:
+                return False
+            tmp = self.root / "pools" / f".new-{uuid.uuid4().hex}"
+            try:
+                tmp.mkdir()
+                write_atomic(tmp / SNAPSHOT, encode_image(capture(runtime, with_tasks=True)))
+                final = self.root / "pools" / name
+                os.replace(tmp, final)
+                fsync_dir(final.parent)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StoreUnavailable(f"could not create pool {name!r}: {exc}") from exc
+            pool = _Pool(name, runtime, final)
+            pool.journal = Journal(final, runtime.seq + 1, fsync=self.fsync)
+            self._pools[name] = pool
+        return True
+
+    def _remove(self, name: str) -> None:
         with self._lock:
             pool = self._pools.get(name)
             if pool is None:
                 raise NotFound(f"pool {name!r} not found")
             with pool.lock:
                 pool.deleted = True
-                pool.journal.close()
+                if pool.journal is not None:
+                    pool.journal.close()
                 trash = self.root / "pools" / f".del-{uuid.uuid4().hex}"
                 os.replace(pool.dir, trash)
                 fsync_dir(trash.parent)
                 del self._pools[name]
         shutil.rmtree(trash, ignore_errors=True)
 
-    def select(
-        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
-    ) -> SelectionView:
-        def run(pool: _Pool) -> SelectionView:
-            record, view = pool.runtime.plan_select(
-                batch_size, run_id, step, expected_trials, self.clock()
-            )
-            if record is None:
-                assert view is not None
-                return view
-            result: SelectionView = self._commit(pool, record)
-            return result
-
-        return self._locked(name, run)
-
-    def report(
-        self,
-        name: str,
-        request_id: str,
-        selection_id: str,
-        outcomes: Sequence[OutcomeIn],
-        final: bool,
-    ) -> ReportAck:
-        def run(pool: _Pool) -> ReportAck:
-            record, ack = pool.runtime.plan_report(request_id, selection_id, outcomes, final)
-            if record is None:
-                assert ack is not None
-                return ack
-            result: ReportAck = self._commit(pool, record)
-            return result
-
-        return self._locked(name, run)
-
-    def export_pool(self, name: str) -> PoolDump:
-        def run(pool: _Pool) -> PoolDump:
-            return PoolDump.of_state(pool.runtime.state, pool.runtime.state.selections_opened)
-
-        return self._locked(name, run)
-
-    def import_pool(self, dump: PoolDump) -> PoolStats:
-        runtime = PoolRuntime(dump.to_state(self.max_tasks), uuid.uuid4().hex[:12])
+    def _names(self) -> list[str]:
         with self._lock:
-            if dump.header.name in self._pools:
-                raise AlreadyExists(f"pool {dump.header.name!r} already exists")
-            try:
-                self._install(runtime)
-            except OSError as exc:
-                raise StoreUnavailable(f"could not import pool: {exc}") from exc
-        return runtime.stats()
+            return list(self._pools)
 
-    def expire_due(self) -> int:
+    def _due(self, now: float) -> list[str]:
         with self._lock:
             pools = list(self._pools.values())
-        closed = 0
-        now = self.clock()
-        for pool in pools:
-            with pool.lock:
-                if pool.deleted:
-                    continue
-                for record in pool.runtime.plan_expire(now):
-                    self._commit(pool, record)
-                    closed += 1
-        return closed
+        return [
+            p.name
+            for p in pools
+            if p.damage is None and p.runtime is not None and p.runtime.next_deadline() <= now
+        ]
 
+    # -------------------------------------------------------------- lifecycle
     def healthy(self) -> bool:
         return os.access(self.root / "pools", os.W_OK)
 
     def close(self) -> None:
         with self._lock:
-            for pool in self._pools.values():
-                with pool.lock:
-                    if pool.since_snapshot:
-                        self._snapshot(pool)
-                    pool.journal.close()
+            pools = list(self._pools.values())
             self._pools.clear()
+        for pool in pools:
+            writer = None
+            with pool.lock:
+                if pool.damage is None and pool.since_snapshot and not pool.snapshotting:
+                    writer = self._begin_snapshot(pool)
+            if writer is not None:
+                writer()
+            with pool.lock:
+                if pool.journal is not None:
+                    pool.journal.close()
         if self._lock_fd >= 0:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = -1
 
 
-def _snapshot_bytes(runtime: PoolRuntime) -> bytes:
-    state = runtime.state.to_bytes()
-    meta = json.dumps(runtime.meta_to_json(), separators=(",", ":")).encode()
-    return _SNAP_MAGIC + struct.pack("<Q", len(state)) + state + meta
+def lock_data_dir(root: Path) -> int:
+    """Takes the data directory's flock (RuntimeError when another server holds it)."""
+    fd = os.open(root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"data directory {root} is in use by another bots server") from None
+    return fd
 
 
-def _read_snapshot(path: Path) -> PoolRuntime:
-    data = path.read_bytes()
-    if not data.startswith(_SNAP_MAGIC):
-        raise RuntimeError(f"{path} is not a bots snapshot")
-    pos = len(_SNAP_MAGIC)
-    (n,) = struct.unpack_from("<Q", data, pos)
-    pos += 8
-    state = PoolState.from_bytes(data[pos : pos + n])
-    meta = json.loads(data[pos + n :])
-    runtime = PoolRuntime(state, meta["incarnation"])
-    runtime.load_meta(meta)
-    return runtime
+def save_snapshot(directory: Path, data: bytes) -> None:
+    """Installs a new snapshot, keeps the last one as the previous, drops old segments."""
+    tmp = directory / (SNAPSHOT + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    current, previous = directory / SNAPSHOT, directory / PREVIOUS
+    if current.exists():
+        os.replace(current, previous)
+    os.replace(tmp, current)
+    fsync_dir(directory)
+    keep_from = _image_seq(previous) if previous.exists() else None
+    if keep_from is None:
+        return
+    segs = segments(directory)
+    for (_first, path), (nxt, _) in itertools.pairwise(segs):
+        if nxt <= keep_from + 1:  # every record of this segment is in the previous image
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _image_seq(path: Path) -> int | None:
+    try:
+        return decode_image(path.read_bytes(), Retention()).seq
+    except (OSError, CorruptImage):
+        return None
+
+
+def load_pool(directory: Path, retention: Retention) -> tuple[PoolRuntime | None, Damage | None]:
+    """A pool's runtime from its newest snapshot plus journal, or where it is damaged."""
+    current, previous = directory / SNAPSHOT, directory / PREVIOUS
+    # A crash between the two renames of save_snapshot leaves only the previous image.
+    base = current if current.exists() else previous
+    try:
+        runtime = decode_image(base.read_bytes(), retention)
+    except (OSError, CorruptImage) as exc:
+        return None, Damage(base, 0, f"snapshot unreadable: {exc}")
+    records, damage = read_segments(directory)
+    return _replay(runtime, records, damage)
+
+
+def _replay(
+    runtime: PoolRuntime, records: list[tuple[int, bytes]], damage: Damage | None
+) -> tuple[PoolRuntime, Damage | None]:
+    for seq, payload in records:
+        if seq <= runtime.seq:
+            continue
+        if seq != runtime.seq + 1:
+            return runtime, Damage(
+                Path(""), 0, f"the journal resumes at record {seq} after {runtime.seq}"
+            )
+        try:
+            runtime.apply(seq, decode(payload))
+        except Exception as exc:  # a record that does not apply is damage, whatever it is
+            return runtime, Damage(Path(""), 0, f"record {seq} does not apply: {exc}")
+    return runtime, damage
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``bots recover`` did to a pool."""
+
+    pool: str
+    base: str
+    records_kept: int
+    last_seq: int
+    damage: str | None
+    moved_aside: list[str]
+
+
+def recover_pool(data_dir: str | os.PathLike[str], name: str) -> Recovery:
+    """Makes a damaged pool serve again from its last intact record (server stopped).
+
+    Uses the newest intact snapshot (the previous one when the newest is
+    unreadable) and the journal records after it up to the first damage.
+    The journal segments and any unreadable snapshot are moved to
+    ``pools/<name>/damaged-<time>/`` (nothing is deleted), and a new snapshot
+    is written. Every step is logged at WARNING.
+    """
+    root = Path(data_dir)
+    directory = root / "pools" / name
+    if not directory.is_dir():
+        raise NotFound(f"pool {name!r} not found in {root}")
+    fd = lock_data_dir(root)
+    try:
+        retention = Retention()
+        runtime = None
+        base = ""
+        moved: list[str] = []
+        aside = directory / f"damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        for candidate in (directory / SNAPSHOT, directory / PREVIOUS):
+            try:
+                runtime = decode_image(candidate.read_bytes(), retention)
+                base = candidate.name
+                break
+            except (OSError, CorruptImage) as exc:
+                log.warning("recover %s: %s is unusable (%s)", name, candidate.name, exc)
+        if runtime is None:
+            raise DataLoss(f"pool {name!r}: neither snapshot is readable; restore from an export")
+        start = runtime.seq
+        records, damage = read_segments(directory)
+        runtime, damage2 = _replay(runtime, records, damage)
+        damage = damage or damage2
+        if damage is not None:
+            log.warning("recover %s: dropping everything after %s", name, damage.describe())
+        log.warning(
+            "recover %s: continuing from %s at record %d plus %d journal records (last %d)",
+            name, base, start, runtime.seq - start, runtime.seq,
+        )  # fmt: skip
+        aside.mkdir()
+        for path in [p for _, p in segments(directory)] + [
+            p for p in (directory / SNAPSHOT, directory / PREVIOUS) if p.exists()
+        ]:
+            os.replace(path, aside / path.name)
+            moved.append(str(aside / path.name))
+        write_atomic(directory / SNAPSHOT, encode_image(capture(runtime, with_tasks=True)))
+        log.warning("recover %s: old files moved to %s", name, aside)
+        return Recovery(
+            name, base, runtime.seq - start, runtime.seq,
+            damage.describe() if damage else None, moved,
+        )  # fmt: skip
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

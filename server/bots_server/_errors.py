@@ -13,7 +13,13 @@ ServiceError
 from __future__ import annotations
 
 import grpc
-from bots_core import BotsCoreError, InvalidInputError, TaskConflictError, UnknownTaskError
+from bots_core import (
+    BotsCoreError,
+    CorruptStateError,
+    InvalidInputError,
+    TaskConflictError,
+    UnknownTaskError,
+)
 
 
 class ServiceError(Exception):
@@ -54,7 +60,19 @@ _CORE_CODES: list[tuple[type[BotsCoreError], grpc.StatusCode]] = [
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownTaskError, grpc.StatusCode.NOT_FOUND),
     (TaskConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (CorruptStateError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
+
+
+def short(value: str, limit: int = 64) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters.
+
+    Callers can send values of any length; echoing them whole would make the
+    message (and with it the gRPC status) arbitrarily large.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}...({len(value)} characters)"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:

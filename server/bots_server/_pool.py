@@ -1,29 +1,38 @@
-"""One pool's service-level state: selections, report dedup, and the records that change it.
+"""The pool runtime: the one place where the service rules of a pool live.
 
-Every change is a *record* (a JSON-ready dict). A request is first *planned*
-(validated against the current state, which is not touched) into a record;
-the store makes the record durable and then *applies* it. Replaying the same
-records in the same order rebuilds the same state, which is how the embedded
-store recovers and how the total order of steps (spec §5) is defined.
+A pool is an engine state (``bots_core.PoolState``) plus what the service
+adds around it (docs/algorithm.md §5): selections and their lifecycle
+(open, partial, final, expiry, discard), replay of (run id, step), request-id
+deduplication, and retention. Both stores run this same code; a store only
+keeps the ordered log of records (``bots_server._records``) and checkpoints.
+
+A request is first *planned*: validated against the current state, which is
+not touched, into one record (or into the answer of an earlier request, for a
+replay or a duplicate). The store makes the record durable at the next
+sequence number and only then *applies* it. Applying the same records in the
+same order rebuilds the same runtime, on any replica and after any restart.
+
+Steps (closed selections, standalone reports) are applied to the posteriors
+lazily: bookkeeping is immediate, the O(pool) update of Eq. 1 runs when the
+posteriors are next needed (a draw, stats, a checkpoint) or when a few steps
+are waiting. Order is kept, so the result is the same as applying at once.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
+import dataclasses
 import hashlib
 import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 from bots_core import (
+    MAX_TRIALS,
     Evidence,
-    InvalidInputError,
     PoolState,
     TaskSpec,
     aggregate,
@@ -32,12 +41,14 @@ from bots_core import (
     select_batch,
 )
 
+from bots_server._columns import columns_of
 from bots_server._errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    short,
 )
 from bots_server._model import (
     OutcomeIn,
@@ -47,19 +58,58 @@ from bots_server._model import (
     SelectionView,
     engine_stats,
 )
-
-Record = dict[str, Any]
+from bots_server._records import (
+    AddTasks,
+    Expire,
+    FloatArray,
+    IntArray,
+    OpenSelection,
+    Record,
+    Report,
+)
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 MAX_RUN_ID = 256
 MAX_REQUEST_ID = 128
+# Steps waiting for the posteriors before they are applied anyway.
+MAX_PENDING_STEPS = 32
+
+
+@dataclass(frozen=True)
+class Retention:
+    """What a pool remembers of its past, and its limits; one policy for every store.
+
+    Time-based limits are measured on the records' own clock (the time the
+    newest record was made), so every replica forgets the same things at the
+    same record. Every replica of a Redis deployment must use the same values.
+
+    Attributes:
+        closed_selections: Closed selections kept for (run id, step) replay and
+            for answering late reports precisely.
+        selection_seconds: ... and for at most this long after they closed.
+        request_ids: Request ids of standalone reports kept for deduplication.
+        request_seconds: ... and for at most this long. (Request ids of reports
+            that name a selection are kept exactly as long as the selection.)
+        max_open_selections: Open selections a pool holds at most.
+    """
+
+    closed_selections: int = 4096
+    selection_seconds: float = 86400.0
+    request_ids: int = 100_000
+    request_seconds: float = 7 * 86400.0
+    max_open_selections: int = 4096
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"retention {f.name} must be > 0")
 
 
 def check_pool_name(name: str) -> None:
     """Raises InvalidArgument for a name that is not 1..128 of [A-Za-z0-9._-]."""
     if not POOL_NAME.match(name):
         raise InvalidArgument(
-            f"pool name {name!r} is invalid: use 1..128 characters from "
+            f"pool name {short(name)} is invalid: use 1..128 characters from "
             "[A-Za-z0-9._-], not starting with '.'"
         )
 
@@ -68,8 +118,10 @@ def check_select_args(run_id: str, expected_trials: float) -> None:
     """Validates the state-free arguments of SelectBatch."""
     if len(run_id) > MAX_RUN_ID:
         raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
-    if not (math.isfinite(expected_trials) and expected_trials >= 0):
-        raise InvalidArgument(f"expected_trials must be finite and >= 0, got {expected_trials}")
+    if not (math.isfinite(expected_trials) and 0 <= expected_trials <= MAX_TRIALS):
+        raise InvalidArgument(
+            f"expected_trials must be finite and in [0, {MAX_TRIALS:g}], got {expected_trials}"
+        )
 
 
 def check_report_args(
@@ -86,14 +138,6 @@ def check_report_args(
         raise InvalidArgument("empty report: give outcomes, or final=true to close the selection")
 
 
-def parse_selection_id(selection_id: str, incarnation: str, pool: str) -> int:
-    """The selection number inside an id of this pool incarnation (NotFound otherwise)."""
-    prefix, _, num = selection_id.rpartition("-")
-    if prefix != incarnation or not num.isdigit():
-        raise NotFound(f"selection {selection_id!r} not found in pool {pool!r}")
-    return int(num)
-
-
 def payload_digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool) -> str:
     """Digest of a report's payload, to tell a retry from a reused request id."""
     payload = json.dumps(
@@ -103,291 +147,353 @@ def payload_digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-@dataclass
-class SelectionData:
-    """A selection: the drawn tasks and, while open, the evidence gathered."""
+@dataclass(frozen=True)
+class Selection:
+    """A selection as the runtime keeps it (immutable: a report makes a new one).
 
-    number: int
-    run_id: str
-    step: int
-    indices: npt.NDArray[np.int64]
-    sampled: npt.NDArray[np.float64]
-    means: npt.NDArray[np.float64]
-    expected_trials: float
-    version: int
-    deadline: float
-    successes: npt.NDArray[np.float64] = field(init=False)
-    trials: npt.NDArray[np.float64] = field(init=False)
-    _position: dict[int, int] | None = field(init=False, default=None)
+    ``successes``/``trials`` accumulate the evidence while it is open (per
+    position in the batch); a closed selection keeps only what replay needs.
+    """
 
-    def __post_init__(self) -> None:
-        self.successes = np.zeros(len(self.indices))
-        self.trials = np.zeros(len(self.indices))
+    opened: OpenSelection
+    successes: FloatArray | None
+    trials: FloatArray | None
+    closed_at: float = math.nan
+    requests: tuple[str, ...] = ()
 
     @property
-    def position(self) -> dict[int, int]:
-        """Task index -> position in the selection (built on the first report)."""
-        if self._position is None:
-            self._position = {i: p for p, i in enumerate(self.indices.tolist())}
-        return self._position
+    def number(self) -> int:
+        return self.opened.number
 
-    def complete(self) -> bool:
-        return bool(np.all(self.trials >= self.expected_trials))
 
-    def evidence(self) -> Evidence:
-        seen = self.trials > 0
-        order = np.argsort(self.indices[seen], kind="stable")
-        return Evidence(
-            self.indices[seen][order], self.successes[seen][order], self.trials[seen][order]
-        )
+@dataclass(frozen=True)
+class RequestMemo:
+    """What a request id was used for, to answer its retries."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "run_id": self.run_id,
-            "step": self.step,
-            "indices": _b64(self.indices),
-            "sampled": _b64(self.sampled),
-            "means": _b64(self.means),
-            "expected_trials": self.expected_trials,
-            "version": self.version,
-            "deadline": self.deadline,
-            "successes": _b64(self.successes),
-            "trials": _b64(self.trials),
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> SelectionData:
-        sel = cls(
-            d["number"],
-            d["run_id"],
-            d["step"],
-            _unb64(d["indices"], np.int64),
-            _unb64(d["sampled"], np.float64),
-            _unb64(d["means"], np.float64),
-            d["expected_trials"],
-            d["version"],
-            d["deadline"],
-        )
-        sel.successes = _unb64(d["successes"], np.float64)
-        sel.trials = _unb64(d["trials"], np.float64)
-        return sel
+    digest: str
+    ack: ReportAck
+    selection: int
+    time: float
 
 
 class PoolRuntime:
-    """A pool's engine state plus selections and dedup memory (not thread-safe)."""
+    """A pool's engine state plus its selections and memory (not thread-safe)."""
 
-    def __init__(
-        self,
-        state: PoolState,
-        incarnation: str,
-        *,
-        selection_history: int = 1024,
-        dedup_history: int = 100_000,
-    ) -> None:
-        self.state = state
+    def __init__(self, state: PoolState, incarnation: str, retention: Retention) -> None:
+        self._state = state
         self.incarnation = incarnation
-        self.open: dict[int, SelectionData] = {}
-        self.closed: collections.OrderedDict[int, SelectionData] = collections.OrderedDict()
+        self.retention = retention
+        self.seq = 0  # sequence number of the last applied record
+        self.now = 0.0  # newest record time applied
+        self.open: dict[int, Selection] = {}
+        self.closed: collections.OrderedDict[int, Selection] = collections.OrderedDict()
         self.by_run: dict[tuple[str, int], int] = {}
-        self.dedup: collections.OrderedDict[str, tuple[str, dict[str, Any]]] = (
-            collections.OrderedDict()
-        )
+        # Step range (lo, hi) of each run's selections that retention forgot.
+        self.forgotten_runs: dict[str, tuple[int, int]] = {}
+        self.standalone: collections.OrderedDict[str, RequestMemo] = collections.OrderedDict()
+        self.bound: dict[str, RequestMemo] = {}
         self.selections_expired = 0
-        self.seq = 0
-        self.selection_history = selection_history
-        self.dedup_history = dedup_history
+        self.pending: list[Evidence] = []
+        # Sorted indices and their batch positions, per open selection (not persisted).
+        self._members: dict[int, tuple[IntArray, IntArray]] = {}
 
-    # ------------------------------------------------------------------ ids
+    # ------------------------------------------------------------ accessors
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def tasks(self) -> PoolState:
+        """The engine state for its task table only (posteriors may lag, see :meth:`engine`)."""
+        return self._state
+
+    def engine(self) -> PoolState:
+        """The engine state with every logged step applied."""
+        for ev in self.pending:
+            apply_step(self._state, ev)
+        self.pending.clear()
+        return self._state
+
+    @property
+    def steps_applied(self) -> int:
+        return self._state.steps_applied + len(self.pending)
+
     def selection_id(self, number: int) -> str:
         return f"{self.incarnation}-{number}"
 
-    def _parse_selection(self, selection_id: str) -> int:
-        return parse_selection_id(selection_id, self.incarnation, self.state.name)
+    def next_deadline(self, *, without: int = -1) -> float:
+        """The earliest deadline of an open selection (inf when none is open)."""
+        return min(
+            (s.opened.deadline for n, s in self.open.items() if n != without), default=math.inf
+        )
+
+    def deadline_after(self, record: Record) -> float:
+        """What :meth:`next_deadline` will be once ``record`` is applied (not applying it)."""
+        if isinstance(record, OpenSelection):
+            return min(self.next_deadline(), record.deadline)
+        if isinstance(record, Expire):
+            return self.next_deadline(without=record.selection)
+        if isinstance(record, Report) and record.selection >= 0:
+            sel = self.open[record.selection]
+            if self._closes(sel, record):
+                return self.next_deadline(without=record.selection)
+        return self.next_deadline()
 
     # ------------------------------------------------------------ planning
-    def plan_add(self, specs: Sequence[TaskSpec], max_tasks: int) -> Record | None:
-        fresh = self.state.plan_add(specs)
+    def plan_add(self, specs: Sequence[TaskSpec], max_tasks: int, now: float) -> AddTasks | None:
+        fresh = self._state.plan_add(specs)
         if not fresh:
             return None
-        if self.state.task_count + len(fresh) > max_tasks:
+        total = self._state.task_count + len(fresh)
+        if total > max_tasks:
             raise ResourceExhausted(
-                f"pool {self.state.name!r} would hold {self.state.task_count + len(fresh)} "
-                f"tasks; the limit is {max_tasks}"
+                f"pool {self.name!r} would hold {total} tasks; the limit is {max_tasks}"
             )
-        return {"op": "add", "tasks": [_spec_to_list(s) for s in fresh]}
+        return AddTasks(now, columns_of(fresh))
 
     def plan_select(
         self, batch_size: int, run_id: str, step: int, expected_trials: float, now: float
-    ) -> tuple[Record | None, SelectionView | None]:
-        """Returns (record to apply, None) or (None, replayed view)."""
+    ) -> OpenSelection | SelectionView:
+        """The record of a new draw, or the view of the earlier draw of (run_id, step)."""
         check_select_args(run_id, expected_trials)
-        expected = expected_trials or self.state.config.pseudo_rollouts
+        expected = expected_trials or self._state.config.pseudo_rollouts
         if run_id:
             number = self.by_run.get((run_id, step))
             if number is not None:
                 sel = self.open.get(number) or self.closed[number]
-                if len(sel.indices) != batch_size or sel.expected_trials != expected:
+                if len(sel.opened.indices) != batch_size or sel.opened.expected_trials != expected:
                     raise AlreadyExists(
-                        f"run {run_id!r} step {step} was already selected with batch_size "
-                        f"{len(sel.indices)} and expected_trials {sel.expected_trials}"
+                        f"run {short(run_id)} step {step} was already selected with batch_size "
+                        f"{len(sel.opened.indices)} and expected_trials "
+                        f"{sel.opened.expected_trials}"
                     )
-                return None, self.view(sel, replayed=True)
-        n = self.state.task_count
+                return self.view(sel, replayed=True)
+            lo_hi = self.forgotten_runs.get(run_id)
+            if lo_hi is not None and lo_hi[0] <= step <= lo_hi[1]:
+                raise FailedPrecondition(
+                    f"run {short(run_id)} step {step} is older than what pool {self.name!r} "
+                    f"remembers ({self._retention_text()}): it cannot be replayed; "
+                    "select with a new step number"
+                )
+        n = self._state.task_count
         if not 1 <= batch_size <= n:
             raise InvalidArgument(
-                f"batch_size must be in [1, {n}] for pool {self.state.name!r}, got {batch_size}"
+                f"batch_size must be in [1, {n}] for pool {self.name!r}, got {batch_size}"
             )
-        number = self.state.selections_opened
-        drawn = select_batch(self.state, batch_size, number)
-        return {
-            "_drawn": drawn,  # in-memory only (keys starting with "_" are not journaled)
-            "op": "select",
-            "number": number,
-            "run_id": run_id,
-            "step": step,
-            "indices": _b64(drawn.indices),
-            "sampled": _b64(drawn.sampled),
-            "means": _b64(drawn.means),
-            "expected_trials": expected,
-            "version": self.state.steps_applied,
-            "deadline": now + self.state.config.selection_wait_seconds,
-        }, None
+        if len(self.open) >= self.retention.max_open_selections:
+            raise ResourceExhausted(
+                f"pool {self.name!r} has {len(self.open)} open selections, the limit: report "
+                "(or final=true) the ones you have before drawing more"
+            )
+        number = self._state.selections_opened
+        drawn = select_batch(self.engine(), batch_size, number)
+        return OpenSelection(
+            now, number, run_id, step, drawn.indices, drawn.sampled, drawn.means,
+            float(expected), self.steps_applied,
+            now + self._state.config.selection_wait_seconds,
+        )  # fmt: skip
 
     def plan_report(
-        self, request_id: str, selection_id: str, outcomes: Sequence[OutcomeIn], final: bool
-    ) -> tuple[Record | None, ReportAck | None]:
-        """Returns (record to apply, None) or (None, answer of the original request)."""
+        self,
+        request_id: str,
+        selection_id: str,
+        outcomes: Sequence[OutcomeIn],
+        final: bool,
+        now: float,
+    ) -> Report | ReportAck:
+        """The record of a new report, or the answer given to an earlier use of its id."""
         if not 1 <= len(request_id) <= MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
         digest = payload_digest(selection_id, outcomes, final)
-        seen = self.dedup.get(request_id)
-        if seen is not None:
-            if seen[0] != digest:
+        memo = self.standalone.get(request_id) or self.bound.get(request_id)
+        if memo is not None:
+            if memo.digest != digest:
                 raise AlreadyExists(
-                    f"request_id {request_id!r} was already used with a different payload"
+                    f"request_id {short(request_id)} was already used with a different payload"
                 )
-            return None, _ack_from_json(seen[1], duplicate=True)
+            return dataclasses.replace(memo.ack, duplicate=True)
         check_report_args(request_id, selection_id, outcomes, final)
         number = -1
         if selection_id:
-            number = self._parse_selection(selection_id)
-            if number in self.closed:
-                raise FailedPrecondition(
-                    f"selection {selection_id!r} is already closed; report late evidence "
-                    "without a selection_id"
-                )
-            if number not in self.open:
-                raise NotFound(f"selection {selection_id!r} not found in pool {self.state.name!r}")
-        ev = aggregate(self.state, ((o.task_key, o.successes, o.trials) for o in outcomes))
-        if number >= 0:
-            sel = self.open[number]
-            for i in ev.indices:
-                if int(i) not in sel.position:
-                    raise FailedPrecondition(
-                        f"task {self.state.keys[int(i)]!r} is not part of selection {selection_id!r}"
-                    )
-        return {
-            "op": "report",
-            "request_id": request_id,
-            "digest": digest,
-            "selection": number,
-            "indices": ev.indices.tolist(),
-            "successes": ev.successes.tolist(),
-            "trials": ev.trials.tolist(),
-            "final": final,
-        }, None
+            number = self._open_number(selection_id)
+        ev = aggregate(self._state, ((o.task_key, o.successes, o.trials) for o in outcomes))
+        if number < 0:
+            _check_total(self._state, ev.indices, ev.trials)
+            return Report(now, request_id, digest, -1, ev.indices, ev.successes, ev.trials, final)
+        sel = self.open[number]
+        pos = self._positions(sel, ev.indices, selection_id)
+        assert sel.trials is not None
+        _check_total(self._state, ev.indices, sel.trials[pos] + ev.trials)
+        return Report(now, request_id, digest, number, ev.indices, ev.successes, ev.trials, final)
 
-    def plan_expire(self, now: float) -> list[Record]:
+    def plan_expire(self, now: float) -> list[Expire]:
         return [
-            {"op": "expire", "selection": n}
-            for n, sel in sorted(self.open.items())
-            if sel.deadline <= now
+            Expire(now, n) for n, sel in sorted(self.open.items()) if sel.opened.deadline <= now
         ]
 
-    # ------------------------------------------------------------- applying
-    def apply(self, record: Record) -> Any:
-        """Applies a planned record; returns the view or ack it produces."""
-        op = record["op"]
-        self.seq += 1
-        if op == "add":
-            self.state.add_tasks([_spec_from_list(t) for t in record["tasks"]])
-            return None
-        if op == "select":
-            drawn = record.get("_drawn")
-            sel = SelectionData(
-                record["number"],
-                record["run_id"],
-                record["step"],
-                drawn.indices if drawn is not None else _unb64(record["indices"], np.int64),
-                drawn.sampled if drawn is not None else _unb64(record["sampled"], np.float64),
-                drawn.means if drawn is not None else _unb64(record["means"], np.float64),
-                record["expected_trials"],
-                record["version"],
-                record["deadline"],
+    def _open_number(self, selection_id: str) -> int:
+        prefix, _, num = selection_id.rpartition("-")
+        if prefix != self.incarnation or not num.isdigit():
+            raise NotFound(f"selection {short(selection_id)} not found in pool {self.name!r}")
+        number = int(num)
+        if number in self.open:
+            return number
+        if number in self.closed:
+            raise FailedPrecondition(
+                f"selection {short(selection_id)} is already closed; a report without a "
+                "selection_id applies late evidence as a step of its own"
             )
-            self.state.selections_opened = sel.number + 1
-            self.open[sel.number] = sel
-            if sel.run_id:
-                self.by_run[(sel.run_id, sel.step)] = sel.number
-            return self.view(sel, replayed=False)
-        if op == "report":
-            return self._apply_report(record)
-        if op == "expire":
-            due = self.open.get(record["selection"])
-            if due is not None:
-                self.selections_expired += 1
-                self._close(due)
-            return None
-        raise InvalidInputError(f"unknown record op {op!r}")
+        if number < self._state.selections_opened:
+            raise FailedPrecondition(
+                f"selection {short(selection_id)} is older than what pool {self.name!r} "
+                f"remembers ({self._retention_text()}); its evidence cannot be matched. "
+                "A report without a selection_id applies it as a step of its own"
+            )
+        raise NotFound(f"selection {short(selection_id)} not found in pool {self.name!r}")
 
-    def _apply_report(self, record: Record) -> ReportAck:
-        idx = np.asarray(record["indices"], dtype=np.int64)
-        s = np.asarray(record["successes"], dtype=np.float64)
-        t = np.asarray(record["trials"], dtype=np.float64)
-        number = record["selection"]
-        if number < 0:
-            apply_step(self.state, Evidence(idx, s, t))
-            ack = ReportAck(False, SelectionState.NONE, 1, self.state.steps_applied)
+    def _positions(self, sel: Selection, indices: IntArray, selection_id: str) -> IntArray:
+        """Batch positions of ``indices`` (sorted) in ``sel``; FailedPrecondition if absent."""
+        members = self._members.get(sel.number)
+        if members is None:
+            order = np.argsort(sel.opened.indices, kind="stable")
+            members = (sel.opened.indices[order], order.astype(np.int64))
+            self._members[sel.number] = members
+        sorted_idx, order = members
+        at = np.searchsorted(sorted_idx, indices)
+        at_c = np.minimum(at, len(sorted_idx) - 1)
+        missing = sorted_idx[at_c] != indices
+        if missing.any():
+            key = self._state.keys[int(indices[np.argmax(missing)])]
+            raise FailedPrecondition(
+                f"task {short(key)} is not part of selection {short(selection_id)}"
+            )
+        pos: IntArray = order[at_c]
+        return pos
+
+    def _retention_text(self) -> str:
+        r = self.retention
+        return (
+            f"the last {r.closed_selections} closed selections, for up to {r.selection_seconds:g} s"
+        )
+
+    # ------------------------------------------------------------- applying
+    def apply(self, seq: int, record: Record) -> SelectionView | ReportAck | None:
+        """Applies the record logged at ``seq``; returns the view or ack it produces."""
+        if seq != self.seq + 1:
+            raise RuntimeError(f"pool {self.name!r}: record {seq} applied after {self.seq}")
+        self.seq = seq
+        self.now = max(self.now, record.time)
+        result: SelectionView | ReportAck | None = None
+        if isinstance(record, AddTasks):
+            c = record.tasks
+            # Pending steps predate these tasks: apply them before the table grows.
+            self.engine().extend_columns(c.keys, c.weak, c.strong, c.prior_alpha, c.prior_beta)
+        elif isinstance(record, OpenSelection):
+            n = len(record.indices)
+            sel = Selection(record, np.zeros(n), np.zeros(n))
+            self._state.selections_opened = record.number + 1
+            self.open[record.number] = sel
+            if record.run_id:
+                self.by_run[(record.run_id, record.step)] = record.number
+            result = self.view(sel, replayed=False)
+        elif isinstance(record, Report):
+            result = self._apply_report(record)
         else:
-            sel = self.open[number]
-            pos = np.array([sel.position[int(i)] for i in idx], dtype=np.int64)
-            sel.successes[pos] += s
-            sel.trials[pos] += t
-            if record["final"] or sel.complete():
-                state = self._close(sel)
-                applied = 1 if state is SelectionState.APPLIED else 0
-            else:
-                state, applied = SelectionState.OPEN, 0
-            ack = ReportAck(False, state, applied, self.state.steps_applied)
-        self.dedup[record["request_id"]] = (record["digest"], _ack_to_json(ack))
-        while len(self.dedup) > self.dedup_history:
-            self.dedup.popitem(last=False)
+            sel_or_none = self.open.get(record.selection)
+            if sel_or_none is not None:
+                self.selections_expired += 1
+                self._close(sel_or_none)
+        self._forget_old()
+        if len(self.pending) >= MAX_PENDING_STEPS:
+            self.engine()
+        return result
+
+    def _apply_report(self, r: Report) -> ReportAck:
+        ev = Evidence(r.indices, r.successes, r.trials)
+        if r.selection < 0:
+            self.pending.append(ev)
+            ack = ReportAck(False, SelectionState.NONE, 1, self.steps_applied)
+            self.standalone[r.request_id] = RequestMemo(r.digest, ack, -1, r.time)
+            return ack
+        sel = self.open[r.selection]
+        closes = self._closes(sel, r)
+        s, t = self._accumulated(sel, r)
+        sel = dataclasses.replace(
+            sel, successes=s, trials=t, requests=(*sel.requests, r.request_id)
+        )
+        self.open[r.selection] = sel
+        if closes:
+            state = self._close(sel)
+            applied = 1 if state is SelectionState.APPLIED else 0
+        else:
+            state, applied = SelectionState.OPEN, 0
+        ack = ReportAck(False, state, applied, self.steps_applied)
+        self.bound[r.request_id] = RequestMemo(r.digest, ack, r.selection, r.time)
         return ack
 
-    def _close(self, sel: SelectionData) -> SelectionState:
+    def _accumulated(self, sel: Selection, r: Report) -> tuple[FloatArray, FloatArray]:
+        """The selection's evidence with ``r`` added (new arrays)."""
+        pos = self._positions(sel, r.indices, self.selection_id(r.selection))
+        assert sel.successes is not None and sel.trials is not None
+        s, t = sel.successes.copy(), sel.trials.copy()
+        s[pos] += r.successes
+        t[pos] += r.trials
+        return s, t
+
+    def _closes(self, sel: Selection, r: Report) -> bool:
+        """Whether ``r`` closes ``sel``: final, or every task then has its expected trials."""
+        return r.final or bool(np.all(self._accumulated(sel, r)[1] >= sel.opened.expected_trials))
+
+    def _close(self, sel: Selection) -> SelectionState:
         del self.open[sel.number]
-        ev = sel.evidence()
+        self._members.pop(sel.number, None)
+        assert sel.successes is not None and sel.trials is not None
+        seen = sel.trials > 0
         state = SelectionState.DISCARDED
-        if len(ev.indices):
-            apply_step(self.state, ev)
+        if seen.any():
+            idx = sel.opened.indices[seen]
+            order = np.argsort(idx, kind="stable")
+            self.pending.append(
+                Evidence(idx[order], sel.successes[seen][order], sel.trials[seen][order])
+            )
             state = SelectionState.APPLIED
-        self.closed[sel.number] = sel
-        while len(self.closed) > self.selection_history:
-            old_n, old = self.closed.popitem(last=False)
-            if old.run_id and self.by_run.get((old.run_id, old.step)) == old_n:
-                del self.by_run[(old.run_id, old.step)]
+        self.closed[sel.number] = dataclasses.replace(
+            sel, successes=None, trials=None, closed_at=self.now
+        )
         return state
 
+    def _forget_old(self) -> None:
+        r = self.retention
+        sel_cut = self.now - r.selection_seconds
+        while self.closed:
+            first = next(iter(self.closed.values()))
+            if len(self.closed) <= r.closed_selections and first.closed_at >= sel_cut:
+                break
+            self.closed.popitem(last=False)
+            o = first.opened
+            if o.run_id:
+                self.by_run.pop((o.run_id, o.step), None)
+                lo, hi = self.forgotten_runs.get(o.run_id, (o.step, o.step))
+                self.forgotten_runs[o.run_id] = (min(lo, o.step), max(hi, o.step))
+            for rid in first.requests:
+                self.bound.pop(rid, None)
+        req_cut = self.now - r.request_seconds
+        while self.standalone:
+            memo = next(iter(self.standalone.values()))
+            if len(self.standalone) <= r.request_ids and memo.time >= req_cut:
+                break
+            self.standalone.popitem(last=False)
+
     # ---------------------------------------------------------------- views
-    def view(self, sel: SelectionData, *, replayed: bool) -> SelectionView:
+    def view(self, sel: Selection, *, replayed: bool) -> SelectionView:
+        o = sel.opened
         return SelectionView.of(
-            self.selection_id(sel.number), self.state.keys, sel.indices, sel.sampled, sel.means,
-            replayed=replayed, version=sel.version, expected_trials=sel.expected_trials,
+            self.selection_id(o.number), self._state.keys, o.indices, o.sampled, o.means,
+            replayed=replayed, version=o.version, expected_trials=o.expected_trials,
         )  # fmt: skip
 
     def stats(self) -> PoolStats:
-        st = self.state
+        st = self.engine()
         return PoolStats(
             name=st.name,
             config=st.config,
@@ -403,62 +509,13 @@ class PoolRuntime:
             **engine_stats(st),
         )
 
-    # -------------------------------------------------------- serialisation
-    def meta_to_json(self) -> dict[str, Any]:
-        """Everything but the engine state, for snapshots."""
-        return {
-            "incarnation": self.incarnation,
-            "seq": self.seq,
-            "selections_expired": self.selections_expired,
-            "open": [s.to_json() for s in self.open.values()],
-            "closed": [s.to_json() for s in self.closed.values()],
-            "dedup": [[k, d, a] for k, (d, a) in self.dedup.items()],
-        }
 
-    def load_meta(self, meta: dict[str, Any]) -> None:
-        self.seq = meta["seq"]
-        self.selections_expired = meta["selections_expired"]
-        for d in meta["open"]:
-            sel = SelectionData.from_json(d)
-            self.open[sel.number] = sel
-        for d in meta["closed"]:
-            sel = SelectionData.from_json(d)
-            self.closed[sel.number] = sel
-        for sel in [*self.closed.values(), *self.open.values()]:
-            if sel.run_id:
-                self.by_run[(sel.run_id, sel.step)] = sel.number
-        for k, d, a in meta["dedup"]:
-            self.dedup[k] = (d, a)
-
-
-def _b64(a: npt.NDArray[Any]) -> str:
-    return base64.b64encode(
-        np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
-    ).decode()
-
-
-def _unb64(s: str, dtype: type[np.generic]) -> npt.NDArray[Any]:
-    return np.frombuffer(base64.b64decode(s), dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
-
-
-def _spec_to_list(s: TaskSpec) -> list[Any]:
-    w = None if math.isnan(s.weak) else s.weak
-    g = None if math.isnan(s.strong) else s.strong
-    return [s.key, w, g, s.prior_alpha, s.prior_beta]
-
-
-def _spec_from_list(v: list[Any]) -> TaskSpec:
-    key, w, g, a0, b0 = v
-    return TaskSpec(key, math.nan if w is None else w, math.nan if g is None else g, a0, b0)
-
-
-def _ack_to_json(ack: ReportAck) -> dict[str, Any]:
-    return {
-        "state": ack.selection_state.value,
-        "steps_applied": ack.steps_applied,
-        "version": ack.posterior_version,
-    }
-
-
-def _ack_from_json(d: dict[str, Any], *, duplicate: bool) -> ReportAck:
-    return ReportAck(duplicate, SelectionState(d["state"]), d["steps_applied"], d["version"])
+def _check_total(state: PoolState, indices: IntArray, trials: FloatArray) -> None:
+    """InvalidArgument when a task's evidence in one step would exceed MAX_TRIALS."""
+    over = ~(trials <= MAX_TRIALS)
+    if over.any():
+        key = state.keys[int(indices[np.argmax(over)])]
+        raise InvalidArgument(
+            f"task {short(key)}: the trials of one step would add up to more than "
+            f"{MAX_TRIALS:g}; report counts of real rollouts"
+        )

@@ -33,9 +33,12 @@ class ServerSettings:
         redis_url: Redis URL (redis:// or rediss://); empty = embedded store.
         redis_cluster: Treat redis_url as a node of a Redis Cluster.
         redis_timeout_seconds: Connect and command timeout towards Redis.
-        checkpoint_every: Log entries after which a replica checkpoints a Redis pool.
-        dedup_ttl_seconds: How long a report's request id is remembered (Redis).
-        selection_retention_seconds: How long a closed selection can be replayed (Redis).
+        checkpoint_every: Log records after which a replica checkpoints a Redis pool.
+        dedup_ttl_seconds: How long the request id of a standalone report is remembered.
+        request_ids_remembered: Most standalone-report request ids a pool remembers.
+        selection_retention_seconds: How long a closed selection can be replayed.
+        selections_remembered: Most closed selections a pool remembers.
+        max_open_selections: Most open selections a pool holds (RESOURCE_EXHAUSTED beyond).
         max_concurrent_rpcs: RPCs served or queued at once; more get RESOURCE_EXHAUSTED (0 = no limit).
         metrics_port: Port of the Prometheus /metrics endpoint (0 picks a free one, -1 turns it off).
         metrics_host: Address of the /metrics endpoint (empty = same as host).
@@ -64,9 +67,12 @@ class ServerSettings:
     redis_url: str = ""
     redis_cluster: bool = False
     redis_timeout_seconds: float = 2.0
-    checkpoint_every: int = 64
+    checkpoint_every: int = 256
     dedup_ttl_seconds: int = 7 * 86400
+    request_ids_remembered: int = 100_000
     selection_retention_seconds: int = 86400
+    selections_remembered: int = 4096
+    max_open_selections: int = 4096
     max_concurrent_rpcs: int = 1024
     metrics_port: int = 9464
     metrics_host: str = ""

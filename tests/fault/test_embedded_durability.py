@@ -152,16 +152,16 @@ def test_a_torn_journal_tail_is_cut_off_on_start(tmp_path: Path):
     store.create_pool("p", PoolConfig(), [TaskSpec(f"t{k}") for k in range(5)])
     store.report("p", "r1", "", [OutcomeIn("t1", 1.0, 2.0)], False)
     store.close()
-    journal = tmp_path / "pools" / "p" / "journal.log"
     # close() snapshotted; add a record after it, then a torn half-record.
     store = EmbeddedStore(tmp_path, snapshot_every=10_000)
     store.report("p", "r2", "", [OutcomeIn("t2", 1.0, 2.0)], False)
+    journal = store._pools["p"].journal.path
     store._pools["p"].journal.close()  # simulate a crash: no snapshot at close
     store._pools.clear()
     store.close()
     size = journal.stat().st_size
     with open(journal, "ab") as f:
-        f.write(b"\x40\x00\x00\x00garbage")
+        f.write(b"BJR1\x40\x00\x00\x00garbage")
     store = EmbeddedStore(tmp_path)
     info = store.get_pool("p")
     assert info.steps_applied == 2

@@ -12,6 +12,7 @@ from bots_core import (
     MAX_KEY_BYTES,
     PRESETS,
     BotsCoreError,
+    CorruptStateError,
     InvalidInputError,
     PoolConfig,
     PoolState,
@@ -443,7 +444,7 @@ def test_public_names_are_sorted_and_exist() -> None:
 
 
 def test_public_errors_share_one_base() -> None:
-    for error in (InvalidInputError, UnknownTaskError, TaskConflictError):
+    for error in (InvalidInputError, UnknownTaskError, TaskConflictError, CorruptStateError):
         assert issubclass(error, BotsCoreError)
     public_classes = [
         getattr(bots_core, n) for n in bots_core.__all__ if re.fullmatch(r"[A-Z]\w*Error", n)
@@ -453,4 +454,5 @@ def test_public_errors_share_one_base() -> None:
         InvalidInputError,
         UnknownTaskError,
         TaskConflictError,
+        CorruptStateError,
     }

@@ -1,0 +1,251 @@
+"""The Store interface implemented once over an ordered, durable record log.
+
+Every request runs the same way on every backend: take the pool's lock, bring
+the runtime up to the head of the log (a no-op for the embedded store, the
+log tail for a Redis replica), *plan* the request against it, *append* the
+record at the next sequence number (compare-and-set: another replica may have
+appended first, then the request is planned again), and *apply* it. The
+rules live in :mod:`bots_server._pool`; a backend only stores and orders.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TypeVar, Union
+
+from bots_core import PoolConfig, PoolState, TaskSpec
+
+from bots_server._errors import (
+    AlreadyExists,
+    DataLoss,
+    NotFound,
+    ResourceExhausted,
+    StoreUnavailable,
+)
+from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
+from bots_server._pool import PoolRuntime, Retention, check_pool_name
+from bots_server._records import AddTasks, Expire, OpenSelection, Record, Report
+from bots_server._store import PoolDump, Store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Planned = Union[Record, SelectionView, ReportAck, None]  # noqa: UP007
+# Rounds of plan + append one request may take when replicas keep appending first.
+MAX_ATTEMPTS = 50
+
+
+class Conflict(Exception):
+    """The log moved past the runtime's sequence number: sync and plan again."""
+
+
+class PoolHandle:
+    """A pool as one server process holds it: its runtime and its lock.
+
+    ``runtime`` is None while a Redis replica has not loaded the pool yet.
+    ``damage`` says why an embedded pool refuses to serve (None when healthy).
+    """
+
+    def __init__(self, name: str, runtime: PoolRuntime | None) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.lock = threading.Lock()
+        self.deleted = False
+        self.damage: str | None = None
+
+
+class LogStore(Store):
+    """Pools as runtimes over a per-pool record log; subclasses provide the log."""
+
+    def __init__(
+        self,
+        *,
+        retention: Retention,
+        max_tasks_per_pool: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.retention = retention
+        self.max_tasks = max_tasks_per_pool
+        self.clock = clock
+
+    # ------------------------------------------------------------ backend hooks
+    @abc.abstractmethod
+    def _handle(self, name: str) -> PoolHandle:
+        """The pool's handle (NotFound when there is no such pool)."""
+
+    @abc.abstractmethod
+    def _sync(self, h: PoolHandle) -> PoolRuntime:
+        """Brings ``h.runtime`` up to the head of the log (pool lock held)."""
+
+    @abc.abstractmethod
+    def _append(self, h: PoolHandle, record: Record) -> int:
+        """Makes ``record`` durable right after ``h.runtime.seq``; returns its seq.
+
+        Raises Conflict when the log has moved on.
+        """
+
+    @abc.abstractmethod
+    def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
+        """Checkpoint policy: work to run once the pool lock is released, if any."""
+
+    @abc.abstractmethod
+    def _install(self, runtime: PoolRuntime) -> bool:
+        """Creates a pool from a runtime, atomically; False when the name is taken."""
+
+    @abc.abstractmethod
+    def _remove(self, name: str) -> None:
+        """Deletes a pool (NotFound when there is none)."""
+
+    @abc.abstractmethod
+    def _names(self) -> list[str]:
+        """Names of every pool."""
+
+    def _due(self, now: float) -> list[str]:
+        """Pools that may hold an open selection past its deadline."""
+        return self._names()
+
+    # ------------------------------------------------------------- the one path
+    def _write(self, name: str, plan: Callable[[PoolRuntime], Planned]) -> Planned:
+        """Plans, appends and applies one record; returns its result or the plan's answer."""
+        for _ in range(MAX_ATTEMPTS):
+            h = self._handle(name)
+            after: Callable[[], None] | None = None
+            with h.lock:
+                if h.deleted:
+                    raise NotFound(f"pool {name!r} not found")
+                rt = self._sync(h)
+                planned = plan(rt)
+                if not isinstance(planned, (AddTasks, OpenSelection, Report, Expire)):
+                    return planned
+                try:
+                    seq = self._append(h, planned)
+                except Conflict:
+                    continue
+                result = rt.apply(seq, planned)
+                after = self._after_apply(h)
+            if after is not None:
+                after()
+            return result
+        raise StoreUnavailable(f"pool {name!r} is changing too fast to commit this request; retry")
+
+    def _read(self, name: str, fn: Callable[[PoolRuntime], T]) -> T:
+        h = self._handle(name)
+        with h.lock:
+            if h.deleted:
+                raise NotFound(f"pool {name!r} not found")
+            return fn(self._sync(h))
+
+    # ---------------------------------------------------------------- interface
+    def create_pool(
+        self, name: str, config: PoolConfig, tasks: Sequence[TaskSpec]
+    ) -> tuple[PoolStats, bool, int]:
+        check_pool_name(name)
+        state = PoolState(name, config)
+        fresh = state.plan_add(tasks)
+        if len(fresh) > self.max_tasks:
+            raise ResourceExhausted(
+                f"pool {name!r} would hold {len(fresh)} tasks; the limit is {self.max_tasks}"
+            )
+        state.add_tasks(fresh)
+        runtime = self._new_runtime(state)
+        if self._install(runtime):
+            return runtime.stats(), True, len(fresh)
+        existing = self._read(name, lambda rt: rt.tasks.config)
+        if existing != config:
+            raise AlreadyExists(f"pool {name!r} already exists with a different config")
+        added, _ = self.add_tasks(name, tasks)
+        return self.get_pool(name), False, added
+
+    def add_tasks(self, name: str, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
+        seen: list[tuple[int, int]] = []
+
+        def plan(rt: PoolRuntime) -> Planned:
+            record = rt.plan_add(tasks, self.max_tasks, self.clock())
+            seen[:] = [(rt.tasks.task_count, len(record.tasks) if record else 0)]
+            return record
+
+        self._write(name, plan)
+        before, added = seen[0]
+        return added, before + added
+
+    def get_pool(self, name: str) -> PoolStats:
+        return self._read(name, lambda rt: rt.stats())
+
+    def list_pools(self) -> list[PoolStats]:
+        out = []
+        for name in sorted(self._names()):
+            try:
+                out.append(self.get_pool(name))
+            except NotFound:
+                continue  # deleted meanwhile
+            except DataLoss as exc:
+                log.warning("ListPools leaves out pool %s: %s", name, exc)
+        return out
+
+    def delete_pool(self, name: str) -> None:
+        self._remove(name)
+
+    def select(
+        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
+    ) -> SelectionView:
+        result = self._write(
+            name, lambda rt: rt.plan_select(batch_size, run_id, step, expected_trials, self.clock())
+        )
+        assert isinstance(result, SelectionView)
+        return result
+
+    def report(
+        self,
+        name: str,
+        request_id: str,
+        selection_id: str,
+        outcomes: Sequence[OutcomeIn],
+        final: bool,
+    ) -> ReportAck:
+        result = self._write(
+            name,
+            lambda rt: rt.plan_report(request_id, selection_id, outcomes, final, self.clock()),
+        )
+        assert isinstance(result, ReportAck)
+        return result
+
+    def export_pool(self, name: str) -> PoolDump:
+        return self._read(
+            name, lambda rt: PoolDump.of_state(rt.engine(), rt.tasks.selections_opened)
+        )
+
+    def import_pool(self, dump: PoolDump) -> PoolStats:
+        runtime = self._new_runtime(dump.to_state(self.max_tasks))
+        if not self._install(runtime):
+            raise AlreadyExists(
+                f"pool {dump.header.name!r} already exists; import under another name"
+            )
+        return runtime.stats()
+
+    def expire_due(self) -> int:
+        closed = 0
+        now = self.clock()
+        found = [True]
+
+        def plan(rt: PoolRuntime) -> Planned:
+            due = rt.plan_expire(now)
+            found[0] = bool(due)
+            return due[0] if due else None
+
+        for name in self._due(now):
+            try:
+                while True:
+                    self._write(name, plan)
+                    if not found[0]:
+                        break
+                    closed += 1
+            except (NotFound, DataLoss):
+                continue
+        return closed
+
+    def _new_runtime(self, state: PoolState) -> PoolRuntime:
+        return PoolRuntime(state, uuid.uuid4().hex[:12], self.retention)

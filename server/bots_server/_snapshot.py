@@ -1,0 +1,212 @@
+"""Checkpoints of a pool runtime: capture under the pool lock, encode outside it.
+
+:func:`capture` copies what changes in place (the posteriors) and takes
+references to what never does (task columns, selections, request memos are
+immutable or only appended to), so the time the pool lock is held does not
+grow with the number of open selections. :func:`encode` then turns the image
+into checksummed bytes without the lock; :func:`decode` rebuilds a runtime.
+
+The embedded store writes images with the task table; the Redis store keeps
+the task table in separate immutable chunks and writes images without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from bots_core import Diagnostics, InvalidInputError, PoolConfig, PoolState
+
+from bots_server._columns import Columns
+from bots_server._model import ReportAck, SelectionState
+from bots_server._pool import PoolRuntime, RequestMemo, Retention, Selection
+from bots_server._records import FloatArray, OpenSelection
+from bots_server._records import decode as decode_record
+from bots_server._records import encode as encode_record
+
+_MAGIC = b"BOTSIMG1"
+_HEAD = struct.Struct("<IQ")  # crc32 of everything after it, JSON header length
+
+
+class CorruptImage(Exception):
+    """Bytes that are not a whole, intact checkpoint."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A consistent copy of a runtime at ``seq`` (see :func:`capture`)."""
+
+    runtime_fields: dict[str, Any]
+    engine_fields: dict[str, Any]
+    alpha: FloatArray
+    beta: FloatArray
+    tasks: tuple[list[str], FloatArray, FloatArray, FloatArray, FloatArray, int] | None
+    open: list[Selection]
+    closed: list[Selection]
+    memos: list[tuple[str, RequestMemo]]
+
+    @property
+    def seq(self) -> int:
+        return int(self.runtime_fields["seq"])
+
+
+def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
+    """The runtime's image (call with the pool lock held; cost O(pool) copies only)."""
+    st = rt.engine()
+    tasks = None
+    if with_tasks:
+        tasks = (st.keys, st.weak, st.strong, st.alpha0, st.beta0, st.task_count)
+    return Image(
+        {
+            "seq": rt.seq,
+            "now": rt.now,
+            "incarnation": rt.incarnation,
+            "selections_expired": rt.selections_expired,
+            "forgotten_runs": dict(rt.forgotten_runs),
+        },
+        {
+            "name": st.name,
+            "config": st.config.to_dict(),
+            "n": st.task_count,
+            "capability": None if math.isnan(st.capability) else st.capability,
+            "steps_applied": st.steps_applied,
+            "selections_opened": st.selections_opened,
+            "recent_etr": list(st.recent_etr),
+            "diagnostics": st.diagnostics.to_json(),
+        },
+        st.alpha.copy(),
+        st.beta.copy(),
+        tasks,
+        list(rt.open.values()),
+        list(rt.closed.values()),
+        [*rt.standalone.items(), *rt.bound.items()],
+    )
+
+
+def encode(image: Image) -> bytes:
+    """Checksummed bytes of an image (no lock needed)."""
+    body: list[bytes] = [_f8(image.alpha), _f8(image.beta)]
+    task_len = 0
+    if image.tasks is not None:
+        keys, weak, strong, a0, b0, n = image.tasks
+        raw = Columns(keys[:n], weak[:n], strong[:n], a0[:n], b0[:n]).encode()
+        task_len = len(raw)
+        body.append(raw)
+    sels = []
+    for sel in [*image.open, *image.closed]:
+        rec = encode_record(sel.opened)
+        body.append(rec)
+        acc = sel.successes is not None and sel.trials is not None
+        if acc:
+            assert sel.successes is not None and sel.trials is not None
+            body += [_f8(sel.successes), _f8(sel.trials)]
+        closed_at = None if math.isnan(sel.closed_at) else sel.closed_at
+        sels.append([len(rec), acc, closed_at, list(sel.requests)])
+    memos = [
+        [rid, m.digest, m.ack.selection_state.value, m.ack.steps_applied,
+         m.ack.posterior_version, m.selection, m.time]
+        for rid, m in image.memos
+    ]  # fmt: skip
+    header = {
+        "runtime": image.runtime_fields,
+        "engine": image.engine_fields,
+        "tasks": task_len,
+        "open": len(image.open),
+        "selections": sels,
+        "memos": memos,
+    }
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    payload = head + b"".join(body)
+    return _MAGIC + _HEAD.pack(zlib.crc32(payload), len(head)) + payload
+
+
+def decode(data: bytes, retention: Retention, tasks: Columns | None = None) -> PoolRuntime:
+    """Rebuilds a runtime; ``tasks`` supplies the table when the image has none.
+
+    Raises:
+        CorruptImage: a bad checksum, truncated or inconsistent bytes, or
+            posteriors that are not finite and positive.
+    """
+    if not data.startswith(_MAGIC):
+        raise CorruptImage("not a pool checkpoint (bad magic)")
+    try:
+        crc, hlen = _HEAD.unpack_from(data, len(_MAGIC))
+        payload = memoryview(data)[len(_MAGIC) + _HEAD.size :]
+        if zlib.crc32(payload) != crc:
+            raise CorruptImage("checksum mismatch")
+        return _decode(bytes(payload[:hlen]), payload[hlen:], retention, tasks)
+    except CorruptImage:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, InvalidInputError) as exc:
+        raise CorruptImage(f"truncated or inconsistent checkpoint: {exc}") from None
+
+
+def _decode(
+    head: bytes, body: memoryview, retention: Retention, tasks: Columns | None
+) -> PoolRuntime:
+    h = json.loads(head)
+    eng, rtf = h["engine"], h["runtime"]
+    n = int(eng["n"])
+    pos = 0
+
+    def take(size: int) -> bytes:
+        nonlocal pos
+        if pos + size > len(body):
+            raise ValueError("body shorter than its header says")
+        out = bytes(body[pos : pos + size])
+        pos += size
+        return out
+
+    def f8(count: int) -> FloatArray:
+        return np.frombuffer(take(8 * count), dtype="<f8").astype(np.float64)
+
+    alpha, beta = f8(n), f8(n)
+    if h["tasks"]:
+        tasks = Columns.decode(take(h["tasks"]))
+    if tasks is None or len(tasks) < n:
+        raise ValueError("the checkpoint's task table is missing")
+    state = PoolState(eng["name"], PoolConfig.from_dict(eng["config"]))
+    c = tasks.slice(0, n)
+    state.extend_columns(c.keys, c.weak, c.strong, c.prior_alpha, c.prior_beta)
+    if n and not (
+        np.all(np.isfinite(alpha) & (alpha > 0)) and np.all(np.isfinite(beta) & (beta > 0))
+    ):
+        raise CorruptImage("posteriors that are not finite and positive")
+    state.alpha, state.beta = alpha, beta
+    cap = eng["capability"]
+    state.capability = math.nan if cap is None else float(cap)
+    state.steps_applied = int(eng["steps_applied"])
+    state.selections_opened = int(eng["selections_opened"])
+    state.recent_etr.extend(float(x) for x in eng["recent_etr"])
+    state.diagnostics = Diagnostics.from_json(eng["diagnostics"])
+
+    rt = PoolRuntime(state, rtf["incarnation"], retention)
+    rt.seq, rt.now = int(rtf["seq"]), float(rtf["now"])
+    rt.selections_expired = int(rtf["selections_expired"])
+    rt.forgotten_runs = {k: (int(v[0]), int(v[1])) for k, v in rtf["forgotten_runs"].items()}
+    for j, (rec_len, acc, closed_at, requests) in enumerate(h["selections"]):
+        opened = decode_record(take(rec_len))
+        if not isinstance(opened, OpenSelection):
+            raise ValueError("a selection entry is not an OpenSelection record")
+        k = len(opened.indices)
+        s, t = (f8(k), f8(k)) if acc else (None, None)
+        sel = Selection(opened, s, t, math.nan if closed_at is None else closed_at, tuple(requests))
+        (rt.open if j < h["open"] else rt.closed)[opened.number] = sel
+        if opened.run_id:
+            rt.by_run[(opened.run_id, opened.step)] = opened.number
+    for rid, digest, st_val, applied, version, selection, when in h["memos"]:
+        ack = ReportAck(False, SelectionState(st_val), applied, version)
+        memo = RequestMemo(digest, ack, selection, when)
+        (rt.standalone if selection < 0 else rt.bound)[rid] = memo
+    if pos != len(body):
+        raise ValueError("trailing bytes after the checkpoint")
+    return rt
+
+
+def _f8(a: FloatArray) -> bytes:
+    return np.ascontiguousarray(a, dtype="<f8").tobytes()
