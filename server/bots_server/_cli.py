@@ -166,6 +166,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    import logging
+
+    from bots_server._embedded import recover_pool  # the store is only needed here
+    from bots_server._errors import ServiceError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        done = recover_pool(args.data_dir, args.pool)
+    except (ServiceError, RuntimeError) as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(dataclasses.asdict(done), indent=2))
+    else:
+        print(
+            f"pool {done.pool}: continues from {done.base} plus {done.records_kept} journal "
+            f"records (last record {done.last_seq}); "
+            + (f"dropped everything after {done.damage}" if done.damage else "no damage found")
+        )
+        print(f"old files kept in {Path(done.moved_aside[0]).parent}" if done.moved_aside else "")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -440,6 +463,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(check, suppress=True)
     check.add_argument("--service", default="", help="service to check (default: the server)")
     check.set_defaults(func=cmd_check)
+
+    recover = sub.add_parser(
+        "recover",
+        help="make a damaged embedded-store pool serve again from its last intact record "
+        "(server stopped)",
+    )
+    recover.add_argument("pool", help="pool name")
+    recover.add_argument(
+        "--data-dir", default=ServerSettings.data_dir, help="the server's data directory"
+    )
+    recover.add_argument("--json", action="store_true", help="print what was done as JSON")
+    recover.set_defaults(func=cmd_recover)
 
     pool = sub.add_parser("pool", help="manage pools")
     pool_sub = pool.add_subparsers(dest="pool_command", required=True, metavar="ACTION")

@@ -67,6 +67,7 @@ class _Pool(PoolHandle):
         self.journal: Journal | None = None
         self.since_snapshot = 0
         self.snapshotting = False
+        self.snapshot_seq = 0  # record seq of the newest snapshot on disk
 
 
 class EmbeddedStore(LogStore):
@@ -101,7 +102,7 @@ class EmbeddedStore(LogStore):
     # --------------------------------------------------------------- loading
     def _load(self, directory: Path) -> _Pool:
         pool = _Pool(directory.name, None, directory)
-        runtime, damage = load_pool(directory, self.retention)
+        runtime, image_seq, damage = load_pool(directory, self.retention)
         pool.runtime = runtime
         if damage is not None:
             pool.damage = (
@@ -113,6 +114,7 @@ class EmbeddedStore(LogStore):
             return pool
         assert runtime is not None
         pool.journal = Journal(directory, runtime.seq + 1, fsync=self.fsync)
+        pool.snapshot_seq = image_seq
         log.info(
             "loaded pool %s: %d tasks, %d steps, record %d",
             runtime.name, runtime.tasks.task_count, runtime.steps_applied, runtime.seq,
@@ -173,7 +175,8 @@ class EmbeddedStore(LogStore):
 
         def write() -> None:
             try:
-                save_snapshot(pool.dir, encode_image(image))
+                save_snapshot(pool.dir, encode_image(image), previous_seq=pool.snapshot_seq)
+                pool.snapshot_seq = image.seq
             except OSError as exc:  # the journal still holds everything
                 log.warning("snapshot of %s failed: %s", pool.name, exc)
             finally:
@@ -265,8 +268,9 @@ def lock_data_dir(root: Path) -> int:
     return fd
 
 
-def save_snapshot(directory: Path, data: bytes) -> None:
-    """Installs a new snapshot, keeps the last one as the previous, drops old segments."""
+def save_snapshot(directory: Path, data: bytes, *, previous_seq: int) -> None:
+    """Installs a new snapshot, keeps the last one (at ``previous_seq``) as the previous,
+    and drops the journal segments that only hold records before it."""
     tmp = directory / (SNAPSHOT + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -277,34 +281,29 @@ def save_snapshot(directory: Path, data: bytes) -> None:
         os.replace(current, previous)
     os.replace(tmp, current)
     fsync_dir(directory)
-    keep_from = _image_seq(previous) if previous.exists() else None
-    if keep_from is None:
-        return
     segs = segments(directory)
     for (_first, path), (nxt, _) in itertools.pairwise(segs):
-        if nxt <= keep_from + 1:  # every record of this segment is in the previous image
+        if nxt <= previous_seq + 1:  # every record of this segment is in the previous image
             with contextlib.suppress(OSError):
                 path.unlink()
 
 
-def _image_seq(path: Path) -> int | None:
-    try:
-        return decode_image(path.read_bytes(), Retention()).seq
-    except (OSError, CorruptImage):
-        return None
-
-
-def load_pool(directory: Path, retention: Retention) -> tuple[PoolRuntime | None, Damage | None]:
-    """A pool's runtime from its newest snapshot plus journal, or where it is damaged."""
+def load_pool(
+    directory: Path, retention: Retention
+) -> tuple[PoolRuntime | None, int, Damage | None]:
+    """A pool's runtime from its newest snapshot plus journal, the snapshot's record seq,
+    and where the files are damaged (None when they are not)."""
     current, previous = directory / SNAPSHOT, directory / PREVIOUS
     # A crash between the two renames of save_snapshot leaves only the previous image.
     base = current if current.exists() else previous
     try:
         runtime = decode_image(base.read_bytes(), retention)
     except (OSError, CorruptImage) as exc:
-        return None, Damage(base, 0, f"snapshot unreadable: {exc}")
+        return None, 0, Damage(base, 0, f"snapshot unreadable: {exc}")
+    image_seq = runtime.seq
     records, damage = read_segments(directory)
-    return _replay(runtime, records, damage)
+    runtime, damage = _replay(runtime, records, damage)
+    return runtime, image_seq, damage
 
 
 def _replay(

@@ -69,6 +69,8 @@ from bots_server._records import (
 )
 
 POOL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+# Request ids the client makes: creation time (ms since the epoch, 12 hex digits), '-', uuid4.
+TIMED_REQUEST_ID = re.compile(r"^([0-9a-f]{12})-[0-9a-f]{32}$")
 MAX_RUN_ID = 256
 MAX_REQUEST_ID = 128
 # Steps waiting for the posteriors before they are applied anyway.
@@ -138,6 +140,12 @@ def check_report_args(
         raise InvalidArgument("empty report: give outcomes, or final=true to close the selection")
 
 
+def request_time(request_id: str) -> float | None:
+    """When a client-made request id was made (seconds), or None for other ids."""
+    m = TIMED_REQUEST_ID.match(request_id)
+    return int(m.group(1), 16) / 1000.0 if m else None
+
+
 def payload_digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool) -> str:
     """Digest of a report's payload, to tell a retry from a reused request id."""
     payload = json.dumps(
@@ -193,6 +201,8 @@ class PoolRuntime:
         self.standalone: collections.OrderedDict[str, RequestMemo] = collections.OrderedDict()
         self.bound: dict[str, RequestMemo] = {}
         self.selections_expired = 0
+        # Standalone request ids made at or before this time may have been forgotten.
+        self.dedup_floor = 0.0
         self.pending: list[Evidence] = []
         # Sorted indices and their batch positions, per open selection (not persisted).
         self._members: dict[int, tuple[IntArray, IntArray]] = {}
@@ -318,6 +328,15 @@ class PoolRuntime:
             number = self._open_number(selection_id)
         ev = aggregate(self._state, ((o.task_key, o.successes, o.trials) for o in outcomes))
         if number < 0:
+            made = request_time(request_id)
+            if made is not None and made <= self.dedup_floor:
+                raise FailedPrecondition(
+                    f"request_id {short(request_id)} was made before the oldest standalone "
+                    f"report pool {self.name!r} still remembers ({self.retention.request_ids} "
+                    f"request ids, up to {self.retention.request_seconds:g} s): it may have been "
+                    "applied already, so it is refused. If you know it was not, send the "
+                    "evidence again with a new request id"
+                )
             _check_total(self._state, ev.indices, ev.trials)
             return Report(now, request_id, digest, -1, ev.indices, ev.successes, ev.trials, final)
         sel = self.open[number]
@@ -483,6 +502,7 @@ class PoolRuntime:
             if len(self.standalone) <= r.request_ids and memo.time >= req_cut:
                 break
             self.standalone.popitem(last=False)
+            self.dedup_floor = max(self.dedup_floor, memo.time)
 
     # ---------------------------------------------------------------- views
     def view(self, sel: Selection, *, replayed: bool) -> SelectionView:

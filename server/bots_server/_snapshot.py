@@ -67,6 +67,7 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "now": rt.now,
             "incarnation": rt.incarnation,
             "selections_expired": rt.selections_expired,
+            "dedup_floor": rt.dedup_floor,
             "forgotten_runs": dict(rt.forgotten_runs),
         },
         {
@@ -188,6 +189,7 @@ def _decode(
     rt = PoolRuntime(state, rtf["incarnation"], retention)
     rt.seq, rt.now = int(rtf["seq"]), float(rtf["now"])
     rt.selections_expired = int(rtf["selections_expired"])
+    rt.dedup_floor = float(rtf["dedup_floor"])
     rt.forgotten_runs = {k: (int(v[0]), int(v[1])) for k, v in rtf["forgotten_runs"].items()}
     for j, (rec_len, acc, closed_at, requests) in enumerate(h["selections"]):
         opened = decode_record(take(rec_len))
