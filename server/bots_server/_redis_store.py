@@ -167,7 +167,7 @@ class RedisStore(LogStore):
     @_redis_errors
     def _sync(self, h: PoolHandle) -> PoolRuntime:
         assert isinstance(h, _Replica)
-        for _ in range(3):
+        for _ in range(5):
             rt = h.runtime
             pipe = self.r.pipeline(transaction=False)
             pipe.hmget(rk.meta(h.name), "incarnation", "seq", "ckpt_seq", "task_count")
@@ -183,6 +183,8 @@ class RedisStore(LogStore):
             if rt is None or rt.incarnation != inc:
                 h.keys = rk.PoolKeys(h.name, inc)
                 h.runtime = rt = self._load(h.keys, int(count_b))
+                if rt is None:
+                    continue  # deleted (or re-created) while loading: look again
                 self._lost.discard(h.name)
                 entries = self.r.xrange(h.keys.log, min=f"{rt.seq + 1}-0") if rt.seq < head else []
             else:
@@ -197,8 +199,8 @@ class RedisStore(LogStore):
             h.runtime = None
         raise StoreUnavailable(f"pool {h.name!r} keeps moving under this replica; retry")
 
-    def _load(self, keys: rk.PoolKeys, task_count: int) -> PoolRuntime:
-        """The runtime from the pool's checkpoint and task chunks."""
+    def _load(self, keys: rk.PoolKeys, task_count: int) -> PoolRuntime | None:
+        """The runtime from the pool's checkpoint and task chunks (None if they vanished)."""
         names = keys.chunks(task_count)
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(keys.ckpt, "image")
@@ -206,7 +208,7 @@ class RedisStore(LogStore):
             pipe.get(name)
         image, *blobs = pipe.execute()
         if image is None or any(b is None for b in blobs):
-            raise StoreUnavailable(f"pool {keys.pool!r} changed while loading; retry")
+            return None
         tasks = Columns.empty()
         for blob in blobs:
             tasks = tasks.concat(Columns.decode(blob))
