@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bots_server._errors import DataLoss, NotFound, StoreUnavailable
+from bots_server._errors import DataLoss, NotFound, StoreUnavailable, short
 from bots_server._journal import (
     Damage,
     Journal,
@@ -106,7 +106,7 @@ class EmbeddedStore(LogStore):
         pool.runtime = runtime
         if damage is not None:
             pool.damage = (
-                f"pool {directory.name!r} is damaged and does not serve: {damage.describe()}. "
+                f"pool {short(directory.name)} is damaged and does not serve: {damage.describe()}. "
                 f"Stop the server and run `bots recover --data-dir {self.root} {directory.name}` "
                 "(docs/operations.md, 'Recovering a damaged pool')"
             )
@@ -126,7 +126,7 @@ class EmbeddedStore(LogStore):
         with self._lock:
             pool = self._pools.get(name)
         if pool is None:
-            raise NotFound(f"pool {name!r} not found")
+            raise NotFound(f"pool {short(name)} not found")
         return pool
 
     def _sync(self, h: PoolHandle) -> PoolRuntime:
@@ -141,7 +141,7 @@ class EmbeddedStore(LogStore):
         try:
             h.journal.append(seq, encode(record))
         except JournalBroken as exc:
-            h.damage = f"pool {h.name!r} stopped taking changes: {exc}; restart the server"
+            h.damage = f"pool {short(h.name)} stopped taking changes: {exc}; restart the server"
             log.error("%s", h.damage)
             raise StoreUnavailable(h.damage) from exc
         except OSError as exc:
@@ -199,7 +199,7 @@ class EmbeddedStore(LogStore):
                 fsync_dir(final.parent)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise StoreUnavailable(f"could not create pool {name!r}: {exc}") from exc
+                raise StoreUnavailable(f"could not create pool {short(name)}: {exc}") from exc
             pool = _Pool(name, runtime, final)
             pool.journal = Journal(final, runtime.seq + 1, fsync=self.fsync)
             self._pools[name] = pool
@@ -209,7 +209,7 @@ class EmbeddedStore(LogStore):
         with self._lock:
             pool = self._pools.get(name)
             if pool is None:
-                raise NotFound(f"pool {name!r} not found")
+                raise NotFound(f"pool {short(name)} not found")
             with pool.lock:
                 pool.deleted = True
                 if pool.journal is not None:
@@ -347,7 +347,7 @@ def recover_pool(data_dir: str | os.PathLike[str], name: str) -> Recovery:
     root = Path(data_dir)
     directory = root / "pools" / name
     if not directory.is_dir():
-        raise NotFound(f"pool {name!r} not found in {root}")
+        raise NotFound(f"pool {short(name)} not found in {root}")
     fd = lock_data_dir(root)
     try:
         retention = Retention()
@@ -363,7 +363,9 @@ def recover_pool(data_dir: str | os.PathLike[str], name: str) -> Recovery:
             except (OSError, CorruptImage) as exc:
                 log.warning("recover %s: %s is unusable (%s)", name, candidate.name, exc)
         if runtime is None:
-            raise DataLoss(f"pool {name!r}: neither snapshot is readable; restore from an export")
+            raise DataLoss(
+                f"pool {short(name)}: neither snapshot is readable; restore from an export"
+            )
         start = runtime.seq
         records, damage = read_segments(directory)
         runtime, damage2 = _replay(runtime, records, damage)

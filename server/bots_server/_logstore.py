@@ -25,6 +25,7 @@ from bots_server._errors import (
     NotFound,
     ResourceExhausted,
     StoreUnavailable,
+    short,
 )
 from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
 from bots_server._pool import PoolRuntime, Retention, check_pool_name
@@ -116,7 +117,7 @@ class LogStore(Store):
             after: Callable[[], None] | None = None
             with h.lock:
                 if h.deleted:
-                    raise NotFound(f"pool {name!r} not found")
+                    raise NotFound(f"pool {short(name)} not found")
                 rt = self._sync(h)
                 planned = plan(rt)
                 if not isinstance(planned, (AddTasks, OpenSelection, Report, Expire)):
@@ -130,13 +131,15 @@ class LogStore(Store):
             if after is not None:
                 after()
             return result
-        raise StoreUnavailable(f"pool {name!r} is changing too fast to commit this request; retry")
+        raise StoreUnavailable(
+            f"pool {short(name)} is changing too fast to commit this request; retry"
+        )
 
     def _read(self, name: str, fn: Callable[[PoolRuntime], T]) -> T:
         h = self._handle(name)
         with h.lock:
             if h.deleted:
-                raise NotFound(f"pool {name!r} not found")
+                raise NotFound(f"pool {short(name)} not found")
             return fn(self._sync(h))
 
     # ---------------------------------------------------------------- interface
@@ -148,7 +151,7 @@ class LogStore(Store):
         fresh = state.plan_add(tasks)
         if len(fresh) > self.max_tasks:
             raise ResourceExhausted(
-                f"pool {name!r} would hold {len(fresh)} tasks; the limit is {self.max_tasks}"
+                f"pool {short(name)} would hold {len(fresh)} tasks; the limit is {self.max_tasks}"
             )
         state.add_tasks(fresh)
         runtime = self._new_runtime(state)
@@ -156,7 +159,7 @@ class LogStore(Store):
             return runtime.stats(), True, len(fresh)
         existing = self._read(name, lambda rt: rt.tasks.config)
         if existing != config:
-            raise AlreadyExists(f"pool {name!r} already exists with a different config")
+            raise AlreadyExists(f"pool {short(name)} already exists with a different config")
         added, _ = self.add_tasks(name, tasks)
         return self.get_pool(name), False, added
 
@@ -222,7 +225,7 @@ class LogStore(Store):
         runtime = self._new_runtime(dump.to_state(self.max_tasks))
         if not self._install(runtime):
             raise AlreadyExists(
-                f"pool {dump.header.name!r} already exists; import under another name"
+                f"pool {short(dump.header.name)} already exists; import under another name"
             )
         return runtime.stats()
 

@@ -257,7 +257,7 @@ class PoolRuntime:
         total = self._state.task_count + len(fresh)
         if total > max_tasks:
             raise ResourceExhausted(
-                f"pool {self.name!r} would hold {total} tasks; the limit is {max_tasks}"
+                f"pool {short(self.name)} would hold {total} tasks; the limit is {max_tasks}"
             )
         return AddTasks(now, columns_of(fresh))
 
@@ -281,18 +281,18 @@ class PoolRuntime:
             lo_hi = self.forgotten_runs.get(run_id)
             if lo_hi is not None and lo_hi[0] <= step <= lo_hi[1]:
                 raise FailedPrecondition(
-                    f"run {short(run_id)} step {step} is older than what pool {self.name!r} "
+                    f"run {short(run_id)} step {step} is older than what pool {short(self.name)} "
                     f"remembers ({self._retention_text()}): it cannot be replayed; "
                     "select with a new step number"
                 )
         n = self._state.task_count
         if not 1 <= batch_size <= n:
             raise InvalidArgument(
-                f"batch_size must be in [1, {n}] for pool {self.name!r}, got {batch_size}"
+                f"batch_size must be in [1, {n}] for pool {short(self.name)}, got {batch_size}"
             )
         if len(self.open) >= self.retention.max_open_selections:
             raise ResourceExhausted(
-                f"pool {self.name!r} has {len(self.open)} open selections, the limit: report "
+                f"pool {short(self.name)} has {len(self.open)} open selections, the limit: report "
                 "(or final=true) the ones you have before drawing more"
             )
         number = self._state.selections_opened
@@ -332,7 +332,7 @@ class PoolRuntime:
             if made is not None and made <= self.dedup_floor:
                 raise FailedPrecondition(
                     f"request_id {short(request_id)} was made before the oldest standalone "
-                    f"report pool {self.name!r} still remembers ({self.retention.request_ids} "
+                    f"report pool {short(self.name)} still remembers ({self.retention.request_ids} "
                     f"request ids, up to {self.retention.request_seconds:g} s): it may have been "
                     "applied already, so it is refused. If you know it was not, send the "
                     "evidence again with a new request id"
@@ -353,7 +353,7 @@ class PoolRuntime:
     def _open_number(self, selection_id: str) -> int:
         prefix, _, num = selection_id.rpartition("-")
         if prefix != self.incarnation or not num.isdigit():
-            raise NotFound(f"selection {short(selection_id)} not found in pool {self.name!r}")
+            raise NotFound(f"selection {short(selection_id)} not found in pool {short(self.name)}")
         number = int(num)
         if number in self.open:
             return number
@@ -364,11 +364,11 @@ class PoolRuntime:
             )
         if number < self._state.selections_opened:
             raise FailedPrecondition(
-                f"selection {short(selection_id)} is older than what pool {self.name!r} "
+                f"selection {short(selection_id)} is older than what pool {short(self.name)} "
                 f"remembers ({self._retention_text()}); its evidence cannot be matched. "
                 "A report without a selection_id applies it as a step of its own"
             )
-        raise NotFound(f"selection {short(selection_id)} not found in pool {self.name!r}")
+        raise NotFound(f"selection {short(selection_id)} not found in pool {short(self.name)}")
 
     def _positions(self, sel: Selection, indices: IntArray, selection_id: str) -> IntArray:
         """Batch positions of ``indices`` (sorted) in ``sel``; FailedPrecondition if absent."""
@@ -399,7 +399,7 @@ class PoolRuntime:
     def apply(self, seq: int, record: Record) -> SelectionView | ReportAck | None:
         """Applies the record logged at ``seq``; returns the view or ack it produces."""
         if seq != self.seq + 1:
-            raise RuntimeError(f"pool {self.name!r}: record {seq} applied after {self.seq}")
+            raise RuntimeError(f"pool {short(self.name)}: record {seq} applied after {self.seq}")
         self.seq = seq
         self.now = max(self.now, record.time)
         result: SelectionView | ReportAck | None = None

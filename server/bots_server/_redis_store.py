@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from bots_server import _redis_keys as rk
 from bots_server._columns import Columns
-from bots_server._errors import DataLoss, NotFound, ResourceExhausted, StoreUnavailable
+from bots_server._errors import DataLoss, NotFound, ResourceExhausted, StoreUnavailable, short
 from bots_server._logstore import Conflict, LogStore, PoolHandle
 from bots_server._pool import PoolRuntime, Retention
 from bots_server._records import AddTasks, Record, decode, encode
@@ -151,10 +151,10 @@ class RedisStore(LogStore):
                 self._lost.add(name)
             if name in self._lost:
                 return DataLoss(
-                    f"pool {name!r} was lost: the Redis store was reset (its epoch changed). "
+                    f"pool {short(name)} was lost: the Redis store was reset (its epoch changed). "
                     "Re-create or re-import it."
                 )
-        return NotFound(f"pool {name!r} not found")
+        return NotFound(f"pool {short(name)} not found")
 
     # ----------------------------------------------------------------- hooks
     def _handle(self, name: str) -> PoolHandle:
@@ -197,7 +197,7 @@ class RedisStore(LogStore):
             if rt.seq >= head:
                 return rt
             h.runtime = None
-        raise StoreUnavailable(f"pool {h.name!r} keeps moving under this replica; retry")
+        raise StoreUnavailable(f"pool {short(h.name)} keeps moving under this replica; retry")
 
     def _load(self, keys: rk.PoolKeys, task_count: int) -> PoolRuntime | None:
         """The runtime from the pool's checkpoint and task chunks (None if they vanished)."""
@@ -216,7 +216,7 @@ class RedisStore(LogStore):
             return decode_image(image, self.retention, tasks)
         except CorruptImage as exc:
             raise DataLoss(
-                f"pool {keys.pool!r}: its checkpoint in Redis is damaged: {exc}"
+                f"pool {short(keys.pool)}: its checkpoint in Redis is damaged: {exc}"
             ) from exc
 
     @_redis_errors
@@ -311,7 +311,7 @@ class RedisStore(LogStore):
                 if h is not None:
                     h.deleted = True
                 return
-        raise StoreUnavailable(f"pool {name!r} keeps growing while being deleted; retry")
+        raise StoreUnavailable(f"pool {short(name)} keeps growing while being deleted; retry")
 
     @_redis_errors
     def _names(self) -> list[str]:
