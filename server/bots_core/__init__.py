@@ -10,6 +10,7 @@ from bots_core._errors import (
     InvalidInputError,
     TaskConflictError,
     UnknownTaskError,
+    shorten,
 )
 from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
@@ -57,5 +58,6 @@ __all__ = [
     "preset",
     "seed_sequence",
     "select_batch",
+    "shorten",
     "top_k",
 ]

@@ -10,6 +10,17 @@ BotsCoreError
 from __future__ import annotations
 
 
+def shorten(value: str, limit: int = 64) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters.
+
+    Callers can send keys and names of any length; echoing them whole would
+    make an error message (and the gRPC status carrying it) arbitrarily large.
+    """
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}...({len(value)} characters)"
+
+
 class BotsCoreError(Exception):
     """Base class of every error the engine raises."""
 

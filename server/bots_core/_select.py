@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bots_core._config import SelectionMode
-from bots_core._errors import CorruptStateError, InvalidInputError
+from bots_core._errors import CorruptStateError, InvalidInputError, shorten
 from bots_core._state import FloatArray, PoolState
 from bots_core._update import IntArray
 
@@ -68,7 +68,7 @@ def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Se
     n = state.task_count
     if not 1 <= batch_size <= n:
         raise InvalidInputError(
-            f"batch_size must be in [1, {n}] for pool {state.name!r}, got {batch_size}"
+            f"batch_size must be in [1, {n}] for pool {shorten(state.name)}, got {batch_size}"
         )
     cfg = state.config
     ss = seed_sequence(cfg.seed, selection_number)

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from bots_core._config import PoolConfig
 from bots_core._diagnostics import Diagnostics
-from bots_core._errors import InvalidInputError, TaskConflictError
+from bots_core._errors import InvalidInputError, TaskConflictError, shorten
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -42,7 +42,7 @@ class TaskSpec:
             raw = self.key.encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate would be accepted here but break to_bytes() later.
-            raise InvalidInputError(f"task key {self.key!r} is not valid UTF-8") from None
+            raise InvalidInputError(f"task key {shorten(self.key)} is not valid UTF-8") from None
         if not self.key or len(raw) > MAX_KEY_BYTES:
             raise InvalidInputError(
                 f"task key must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {len(raw)} bytes"
@@ -50,18 +50,20 @@ class TaskSpec:
         has_w, has_g = not math.isnan(self.weak), not math.isnan(self.strong)
         if has_w != has_g:
             raise InvalidInputError(
-                f"task {self.key!r}: weak and strong reference rates go together"
+                f"task {shorten(self.key)}: weak and strong reference rates go together"
             )
         for name in ("weak", "strong"):
             v = getattr(self, name)
             if has_w and not (0.0 <= v <= 1.0):
                 raise InvalidInputError(
-                    f"task {self.key!r}: {name} reference rate must be in [0, 1], got {v}"
+                    f"task {shorten(self.key)}: {name} reference rate must be in [0, 1], got {v}"
                 )
         for name in ("prior_alpha", "prior_beta"):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0.0 < v <= 1e9):
-                raise InvalidInputError(f"task {self.key!r}: {name} must be in (0, 1e9], got {v}")
+                raise InvalidInputError(
+                    f"task {shorten(self.key)}: {name} must be in (0, 1e9], got {v}"
+                )
 
     def same_as(self, other: TaskSpec) -> bool:
         """Equality that treats NaN reference rates as equal."""
@@ -135,14 +137,14 @@ class PoolState:
             if i is not None:
                 if not self.task_spec(i).same_as(spec):
                     raise TaskConflictError(
-                        f"task {spec.key!r} already exists in pool {self.name!r} "
+                        f"task {shorten(spec.key)} already exists in pool {shorten(self.name)} "
                         "with different reference rates or prior"
                     )
                 continue
             seen = fresh.get(spec.key)
             if seen is not None:
                 if not seen.same_as(spec):
-                    raise InvalidInputError(f"task {spec.key!r} is given twice, differently")
+                    raise InvalidInputError(f"task {shorten(spec.key)} is given twice, differently")
                 continue
             fresh[spec.key] = spec
         return list(fresh.values())

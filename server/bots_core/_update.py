@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError
+from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError, shorten
 from bots_core._state import FloatArray, PoolState
 
 IntArray = npt.NDArray[np.int64]
@@ -44,15 +44,19 @@ class Evidence:
 def check_counts(key: str, successes: float, trials: float) -> None:
     """Raises InvalidInputError unless 0 <= successes <= trials, trials > 0, finite."""
     if not (math.isfinite(successes) and math.isfinite(trials)):
-        raise InvalidInputError(f"task {key!r}: counts must be finite")
+        raise InvalidInputError(f"task {shorten(key)}: counts must be finite")
     if trials <= 0:
-        raise InvalidInputError(f"task {key!r}: trials must be > 0, got {trials}")
+        raise InvalidInputError(f"task {shorten(key)}: trials must be > 0, got {trials}")
     if trials > MAX_TRIALS:
-        raise InvalidInputError(f"task {key!r}: trials must be <= {MAX_TRIALS:g}, got {trials}")
+        raise InvalidInputError(
+            f"task {shorten(key)}: trials must be <= {MAX_TRIALS:g}, got {trials}"
+        )
     if successes < 0:
-        raise InvalidInputError(f"task {key!r}: successes must be >= 0, got {successes}")
+        raise InvalidInputError(f"task {shorten(key)}: successes must be >= 0, got {successes}")
     if successes > trials:
-        raise InvalidInputError(f"task {key!r}: successes ({successes}) exceed trials ({trials})")
+        raise InvalidInputError(
+            f"task {shorten(key)}: successes ({successes}) exceed trials ({trials})"
+        )
 
 
 def aggregate(state: PoolState, outcomes: Iterable[tuple[str, float, float]]) -> Evidence:
@@ -77,7 +81,7 @@ def aggregate(state: PoolState, outcomes: Iterable[tuple[str, float, float]]) ->
     idx_list = [lookup(k) for k in keys]
     if None in idx_list:
         key = keys[idx_list.index(None)]
-        raise UnknownTaskError(f"task {key!r} is not in pool {state.name!r}")
+        raise UnknownTaskError(f"task {shorten(key)} is not in pool {shorten(state.name)}")
     idx = np.array(idx_list, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     idx, s, t = idx[order], s[order], t[order]
@@ -189,7 +193,7 @@ def apply_step(
     new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
     if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
         raise CorruptStateError(
-            f"pool {state.name!r}: this evidence would make a posterior non-finite"
+            f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
 
     _record_quality(state, evidence)

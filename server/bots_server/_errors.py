@@ -19,6 +19,7 @@ from bots_core import (
     InvalidInputError,
     TaskConflictError,
     UnknownTaskError,
+    shorten,
 )
 
 
@@ -64,15 +65,7 @@ _CORE_CODES: list[tuple[type[BotsCoreError], grpc.StatusCode]] = [
 ]
 
 
-def short(value: str, limit: int = 64) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters.
-
-    Callers can send values of any length; echoing them whole would make the
-    message (and with it the gRPC status) arbitrarily large.
-    """
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}...({len(value)} characters)"
+short = shorten  # errors echo at most a short prefix of what the caller sent
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
