@@ -11,7 +11,7 @@ from bots_core._errors import InvalidInputError
 
 
 class SelectionMode(str, enum.Enum):
-    """How a batch is chosen from the posteriors (spec §4)."""
+    """How a batch is chosen from the posteriors (docs/algorithm.md §4)."""
 
     THOMPSON = "thompson"
     GREEDY = "greedy"

@@ -1,4 +1,4 @@
-"""Batch selection (spec §4): Thompson, greedy, softmax and uniform rules.
+"""Batch selection (docs/algorithm.md §4): Thompson, greedy, softmax and uniform rules.
 
 Thompson sampling is the hot path. Draws are made chunk by chunk, each chunk
 with its own generator derived from (pool seed, selection number, chunk), so

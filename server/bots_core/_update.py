@@ -1,4 +1,4 @@
-"""The generalized BOTS update (spec §2) and the interpolation plug-in (spec §3)."""
+"""The generalized BOTS update (docs/algorithm.md §2) and the interpolation plug-in (docs/algorithm.md §3)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class ImplicitEstimator(Protocol):
 
 
 class InterpolationEstimator:
-    """p~_k = clip(w_k + mu~ (g_k - w_k), 0, 1) with mu~ an EMA of mu_t (spec §3).
+    """p~_k = clip(w_k + mu~ (g_k - w_k), 0, 1) with mu~ an EMA of mu_t (docs/algorithm.md §3).
 
     mu_t is computed over the tasks of the batch that have reference rates.
     It lives in ``state.capability`` so that it is saved with the pool.
