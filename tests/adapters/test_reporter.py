@@ -110,10 +110,16 @@ def test_an_outage_is_retried_with_the_same_request_id_and_applied_once(tmp_path
             server.stop(grace=0)
 
 
-def test_a_full_queue_raises_instead_of_dropping(refused_target: str) -> None:
+def test_fail_fast_a_full_queue_raises_instead_of_dropping(refused_target: str) -> None:
     with SelectorClient(refused_target, timeout=0.2, retries=0) as client:
         reporter = OutcomeReporter(
-            client, "p", max_pending=1, block=False, backoff=5, max_attempts=0
+            client,
+            "p",
+            max_pending=1,
+            block=False,
+            backoff=5,
+            max_attempts=0,
+            on_outage="fail_fast",
         )
         reporter.report([("a", 1, 1)])  # taken by the thread, stuck retrying
         deadline = time.monotonic() + 5
