@@ -375,13 +375,15 @@ class OutcomeReporter:
             True when the spool is empty afterwards.
         """
         with self._send_lock:
-            return self._replay()
+            return self._replay(force=True)
 
     def close(self, timeout: float | None = None) -> None:
-        """Flushes (waiting up to ``timeout`` seconds), replays the spool once, stops the thread.
+        """Flushes (waiting up to ``timeout`` seconds), replays the spool, stops the thread.
 
         Reports still queued at the deadline are spooled (``"keep_training"``)
-        or moved to `failed` and raised (``"fail_fast"``). Reports the service
+        or moved to `failed` and raised (``"fail_fast"``). The spool is then
+        replayed: once when ``timeout`` is None, else every ``probe_interval``
+        seconds until it is empty or ``timeout`` is spent. Reports the service
         could not take stay in the spool file for the next reporter on it.
 
         Raises:
@@ -401,7 +403,12 @@ class OutcomeReporter:
             self._thread.join(timeout=30)
             self._drain_unsent()
         if self.spool is not None and len(self.spool):
-            self.replay()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self.replay() and deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                time.sleep(min(self.probe_interval, left))
             if len(self.spool):
                 log.warning(
                     "the selector service is still unreachable: %d report(s) stay in %s and "
@@ -527,12 +534,13 @@ class OutcomeReporter:
             finally:
                 self._queue.task_done()
 
-    def _replay(self) -> bool:
+    def _replay(self, force: bool = False) -> bool:
         """One pass over the spool (rate-limited by ``probe_interval`` while degraded)."""
         spool = self.spool
         if spool is None or not len(spool):
             return True
-        if self._degraded and time.monotonic() - self._last_probe < self.probe_interval:
+        recent = time.monotonic() - self._last_probe < self.probe_interval
+        if self._degraded and recent and not force:
             return False
         self._last_probe = time.monotonic()
         count = 0
