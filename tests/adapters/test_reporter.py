@@ -262,3 +262,5 @@ def test_a_spent_spool_budget_is_a_clear_error(refused_target: str, tmp_path: Pa
                 reporter.report([(f"task-{i}", 1, 1)])
                 time.sleep(0.005)
         assert reporter.stats.spooled >= 5
+        reporter.close()  # the service is still down: the spooled reports stay in the file
+        assert reporter.spooled == reporter.stats.spooled

@@ -554,6 +554,10 @@ class OutcomeReporter:
             except BotsError as err:
                 item.error = err
                 self._fail(item)
+            except Exception as err:  # e.g. a closed channel: keep it spooled, try again later
+                log.error("replaying report %s failed: %r", rep.request_id, err)
+                self._enter_degraded(err)
+                return False
             else:
                 count += 1
                 with self._lock:
