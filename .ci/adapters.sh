@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Trainer-adapter tests. Call with the CI venv activated (after `pip install -e ".[server]" --group dev`).
 #  1. into $VIRTUAL_ENV: torch 2.13.0 (CPU build) first, then the TRL stack; runs tests/adapters
-#     (torch sampler, reporter, vLLM conversion, TRL GRPOTrainer, Trinity selector, RL example smoke);
+#     (torch sampler, reporter, outage runs killing `bots serve`, vLLM conversion, TRL GRPOTrainer,
+#     the docs/adapters snippets, Trinity selector, RL example smoke);
 #  2. a separate venv for verl (it pins another transformers than TRL) with Trinity-RFT (no deps,
 #     for its selector registry), running the verl and Trinity tests there.
 set -euo pipefail

@@ -21,6 +21,7 @@ _NEEDS = {
     "test_torch_*.py": ("torch", "torchdata"),
     "test_example_*.py": ("torch", "matplotlib"),
     "test_trl_*.py": ("torch", "trl", "transformers", "datasets"),
+    "test_doc_snippets.py": ("torch", "trl", "transformers", "datasets"),
 }
 collect_ignore_glob: list[str] = []
 _LEFT_OUT: list[str] = []

@@ -110,10 +110,16 @@ def test_an_outage_is_retried_with_the_same_request_id_and_applied_once(tmp_path
             server.stop(grace=0)
 
 
-def test_a_full_queue_raises_instead_of_dropping(refused_target: str) -> None:
+def test_fail_fast_a_full_queue_raises_instead_of_dropping(refused_target: str) -> None:
     with SelectorClient(refused_target, timeout=0.2, retries=0) as client:
         reporter = OutcomeReporter(
-            client, "p", max_pending=1, block=False, backoff=5, max_attempts=0
+            client,
+            "p",
+            max_pending=1,
+            block=False,
+            backoff=5,
+            max_attempts=0,
+            on_outage="fail_fast",
         )
         reporter.report([("a", 1, 1)])  # taken by the thread, stuck retrying
         deadline = time.monotonic() + 5
@@ -189,3 +195,72 @@ def test_the_package_imports_no_framework_and_exports_a_sorted_all() -> None:
         "assert bots_adapters.__all__ == sorted(bots_adapters.__all__)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_reports_spooled_while_the_service_is_down_are_replayed_once_by_the_next_reporter(
+    client: SelectorClient, refused_target: str, tmp_path: Path
+) -> None:
+    """A run ends during an outage; the next reporter on its spool replays what was left."""
+    from bots_client import PoolConfig
+
+    client.create_pool(
+        "sp", ["a", "b", "c"], config=PoolConfig(forgetting=0.0, implicit_weight=0.0)
+    )
+    sel = client.select_batch("sp", 2, run_id="r", step=0, expected_trials=2)
+    closed = client.select_batch("sp", 2, run_id="r", step=1, expected_trials=2)
+    client.report_outcomes(
+        "sp", [(closed.keys[0], 1, 2)], selection_id=closed.selection_id, final=True
+    )
+    # Applied before the outage, its answer lost: the spool still holds it.
+    client.report_outcomes("sp", [("c", 2, 2)], request_id="r-applied")
+    spool = tmp_path / "spool.jsonl"
+    with SelectorClient(refused_target, timeout=0.3, retries=0) as down:
+        first = OutcomeReporter(
+            down, "sp", spool_path=spool, max_attempts=1, probe_interval=0.1, outage_after=0.1
+        )
+        first.report(
+            [(k, 1, 2) for k in sel.keys], selection_id=sel.selection_id, request_id="r-s0"
+        )
+        first.report([(closed.keys[1], 1, 2)], selection_id=closed.selection_id, request_id="r-s1")
+        first.report([("c", 2, 2)], request_id="r-applied")
+        first.close()
+        assert first.degraded and first.stats.spooled == 3 and first.stats.failed == 0
+    assert len(spool.read_text().splitlines()) == 3
+    before = client.get_pool("sp").steps_applied
+
+    second = OutcomeReporter(client, "sp", spool_path=spool, probe_interval=0.1)
+    assert second.spooled == 3
+    second.close(timeout=10)
+    s = second.stats
+    assert s.replayed == 3 and s.duplicates == 1 and s.late == 1 and second.spooled == 0
+    results = {d.request_id: d.result for d in second.delivered}
+    assert results["r-s0"] is not None and results["r-s0"].selection_state is SelectionState.APPLIED
+    assert results["r-applied"] is not None and results["r-applied"].duplicate
+    # s0 closed its selection, s1 became a standalone step, the duplicate changed nothing.
+    assert client.get_pool("sp").steps_applied == before + 2
+    # A replay repeated after a crash (the spool written again) applies nothing twice.
+    from bots_adapters import ReportSpool, SpooledReport
+
+    again = ReportSpool(spool)
+    again.add(SpooledReport("r-s1", (Outcome(closed.keys[1], 1, 2),), closed.selection_id, False))
+    third = OutcomeReporter(client, "sp", spool_path=spool)
+    third.close(timeout=10)
+    assert third.stats.replayed == 1 and third.stats.duplicates == 1
+    assert client.get_pool("sp").steps_applied == before + 2
+
+
+def test_a_spent_spool_budget_is_a_clear_error(refused_target: str, tmp_path: Path) -> None:
+    from bots_adapters import SpoolFullError
+
+    with SelectorClient(refused_target, timeout=0.2, retries=0) as down:
+        reporter = OutcomeReporter(
+            down, "p", spool_path=tmp_path / "s.jsonl", spool_max_bytes=1024,
+            max_pending=1, max_attempts=1, outage_after=0.1,
+        )  # fmt: skip
+        with pytest.raises((ReportFailedError, SpoolFullError), match="spool_max_bytes"):
+            for i in range(200):
+                reporter.report([(f"task-{i}", 1, 1)])
+                time.sleep(0.005)
+        assert reporter.stats.spooled >= 5
+        reporter.close()  # the service is still down: the spooled reports stay in the file
+        assert reporter.spooled == reporter.stats.spooled

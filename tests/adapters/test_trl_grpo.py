@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
 from bots_adapters.trl import BotsGRPOTrainer, BotsRepeatSampler
-from bots_client import SelectionState, SelectorClient
+from bots_client import PoolConfig, SelectionState, SelectorClient
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from trl import GRPOConfig
+from tiny_trl import char_tokenizer, contains_digit, grpo_args, rows, tiny_model
+from transformers import TrainerCallback
 
 pytestmark = [
     # TRL marks parts of its API experimental and transformers warns about CPU-only
@@ -21,139 +26,283 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
 ]
 
-CHARS = list("0123456789+=?ab ")
+# Plain evidence sums: alpha = 1 + successes, beta = 1 + failures, whatever the order or steps.
+SUMS = PoolConfig(forgetting=0.0, implicit_weight=0.0)
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer built locally (no hub access)."""
-    vocab = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    fast.padding_side = "left"
-    return fast
-
-
-def tiny_model(tokenizer: PreTrainedTokenizerFast) -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-    )
-    return Qwen2ForCausalLM(config)
-
-
-def rows(n: int) -> list[dict[str, str]]:
-    return [{"prompt": f"{i % 10}+{i // 10 % 10}=", "task_key": f"sum-{i}"} for i in range(n)]
-
-
-def contains_digit(completions: list[str], **kwargs: object) -> list[float]:
-    """Binary reward: 1 when the completion contains the digit ``1`` (a coin flip for a random model)."""
-    return [1.0 if "1" in c else 0.0 for c in completions]
-
-
-def grpo_args(out: Path, steps: int) -> GRPOConfig:
-    return GRPOConfig(
-        output_dir=str(out),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=steps,
-        learning_rate=1e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-        beta=0.0,
-        temperature=1.0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
-
-
-@pytest.mark.timeout(300)
-def test_grpo_trainer_trains_on_bots_selections_and_reports_every_rollout(
-    client: SelectorClient, tmp_path: Path
-) -> None:
-    data = rows(40)
-    client.create_pool("trl", [r["task_key"] for r in data], preset="bots")
+def make_trainer(
+    client: SelectorClient, pool: str, out: Path, steps: int, data: list[dict[str, str]], **kw: Any
+) -> BotsGRPOTrainer:
     tokenizer = char_tokenizer()
-    trainer = BotsGRPOTrainer(
+    args = kw.pop("args", None) or grpo_args(out, steps, **kw.pop("config", {}))
+    return BotsGRPOTrainer(
         model=tiny_model(tokenizer),
-        reward_funcs=[contains_digit],
-        args=grpo_args(tmp_path / "out", steps=3),
+        reward_funcs=kw.pop("reward_funcs", [contains_digit]),
+        args=args,
         train_dataset=Dataset.from_list(data),
         processing_class=tokenizer,
         bots_client=client,
-        bots_pool="trl",
-        run_id="trl-test",
+        bots_pool=pool,
+        run_id=kw.pop("run_id", "trl-test"),
+        **kw,
     )
-    trainer.train()
-    trainer.close_bots()
 
-    # The sampler override is in place, shaped like TRL's RepeatSampler.
-    sampler = trainer._get_train_sampler()
-    assert isinstance(sampler, BotsRepeatSampler)
-    assert sampler.mini_repeat_count == 4
 
-    # 3 optimizer steps with one generation each: 3 selections of 2 prompts x 4 completions.
-    # The server rejects a task that is not part of the selection, so delivery without
-    # failures means the trainer generated for exactly the prompts BOTS selected, and
-    # APPLIED means every selected task got its 4 trials.
-    stats = trainer.bots_reporter.stats
-    assert trainer.bots_reward.reported == 3
-    assert stats.delivered == 3 and stats.failed == 0 and stats.late == 0
-    delivered = trainer.bots_reporter.delivered
-    assert [d.result.selection_state for d in delivered if d.result] == [SelectionState.APPLIED] * 3
-    for d in delivered:
-        assert [o.trials for o in d.outcomes] == [4.0, 4.0]
-        assert all(0 <= o.successes <= 4 for o in d.outcomes)
-    assert len({d.selection_id for d in delivered}) == 3
-    info = client.get_pool("trl")
-    assert info.steps_applied == 3
-    assert info.selections_opened >= 3  # the loader may draw one batch ahead
+def evidence_totals(reports: Any) -> dict[str, tuple[float, float]]:
+    """Per task (successes, trials) summed over delivered reports."""
+    out: dict[str, tuple[float, float]] = {}
+    for rep in reports:
+        for o in rep.outcomes:
+            s, t = out.get(o.task_key, (0.0, 0.0))
+            out[o.task_key] = (s + o.successes, t + o.trials)
+    return out
+
+
+def posterior_totals(client: SelectorClient, pool: str) -> dict[str, tuple[float, float]]:
+    """Per task (alpha - 1, alpha + beta - 2): the evidence a SUMS pool has applied."""
+    out = {}
+    for _, chunk in client.export_posteriors(pool):
+        for p in chunk:
+            if p.alpha + p.beta > 2:
+                out[p.task.key] = (p.alpha - 1, p.alpha + p.beta - 2)
+    return out
+
+
+def assert_same_totals(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k]), k
 
 
 @pytest.mark.timeout(300)
-def test_two_ranks_get_the_same_prompts_and_their_shares_add_up(
+def test_trl_default_layout_closes_every_selection_once_even_when_a_task_repeats(
     client: SelectorClient, tmp_path: Path
 ) -> None:
-    """Two samplers of one run (two ranks) draw identical chunks; each rank reports half the rollouts."""
-    keys = [f"k{i}" for i in range(30)]
-    client.create_pool("ranks", keys, preset="bots")
-    ranks = [
-        BotsRepeatSampler(
-            client,
-            "ranks",
-            keys,
-            mini_repeat_count=4,
-            batch_size=3,
-            repeat_count=2,
-            run_id="r",
-            steps_per_epoch=2,
+    """TRL's defaults (8 per device, 8 generations): one prompt per selection, tasks repeat."""
+    data = rows(3)  # 3 tasks, 8 steps: BOTS must select some task again
+    client.create_pool("trl", [r["task_key"] for r in data], config=SUMS)
+    trainer = make_trainer(client, "trl", tmp_path / "out", 8, data)
+    assert trainer.args.per_device_train_batch_size == 8 and trainer.num_generations == 8
+    trainer.train()
+    trainer.close_bots()
+
+    assert isinstance(trainer.bots_sampler, BotsRepeatSampler)
+    stats = trainer.bots_reporter.stats
+    delivered = trainer.bots_reporter.delivered
+    assert trainer.state.global_step == 8 and trainer.bots_reported == 8
+    assert stats.delivered == 8 and stats.failed == stats.late == stats.spooled == 0
+    assert [d.result.selection_state for d in delivered if d.result] == [SelectionState.APPLIED] * 8
+    assert len({d.selection_id for d in delivered}) == 8
+    keys = [d.outcomes[0].task_key for d in delivered]
+    assert len(set(keys)) < len(keys)  # the same task was selected again, and still matched
+    assert all(len(d.outcomes) == 1 and d.outcomes[0].trials == 8 for d in delivered)
+    info = client.get_pool("trl")
+    assert info.steps_applied == trainer.state.global_step
+    assert info.selections_expired == 0
+    assert_same_totals(posterior_totals(client, "trl"), evidence_totals(delivered))
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("config", "steps", "selections", "prompts"),
+    [
+        ({"gradient_accumulation_steps": 2, "num_generations": 4}, 3, 3, 4),
+        ({"num_iterations": 2, "num_generations": 4}, 4, 2, 2),
+    ],
+    ids=["grad-accum-2", "num-iterations-2"],
+)
+def test_trl_gradient_accumulation_and_reused_generations_report_once_per_selection(
+    client: SelectorClient,
+    tmp_path: Path,
+    config: dict[str, int],
+    steps: int,
+    selections: int,
+    prompts: int,
+) -> None:
+    data = rows(12)
+    client.create_pool("acc", [r["task_key"] for r in data], config=SUMS)
+    trainer = make_trainer(client, "acc", tmp_path / "out", steps, data, config=config)
+    trainer.train()
+    trainer.close_bots()
+    delivered = trainer.bots_reporter.delivered
+    assert trainer.state.global_step == steps
+    assert [d.result.selection_state for d in delivered if d.result] == [
+        SelectionState.APPLIED
+    ] * selections
+    assert all(
+        len(d.outcomes) == prompts and {o.trials for o in d.outcomes} == {4.0} for d in delivered
+    )
+    info = client.get_pool("acc")
+    assert info.steps_applied == selections and info.selections_expired == 0
+
+
+def plus_minus_one(completions: list[str], **kwargs: object) -> list[float]:
+    return [1.0 if "1" in c else -1.0 for c in completions]
+
+
+def always_one(completions: list[str], **kwargs: object) -> list[float]:
+    return [1.0] * len(completions)
+
+
+def always_zero(completions: list[str], **kwargs: object) -> list[float]:
+    return [0.0] * len(completions)
+
+
+@pytest.mark.timeout(300)
+def test_rewards_outside_0_1_fail_at_once_with_a_message_naming_the_option(
+    client: SelectorClient, tmp_path: Path
+) -> None:
+    data = rows(8)
+    client.create_pool("pm", [r["task_key"] for r in data], config=SUMS)
+    cfg = {"num_generations": 4}
+    with pytest.raises(ValueError, match=r"report_reward='combined'.*reward_mode='threshold'"):
+        make_trainer(
+            client, "pm", tmp_path / "a", 1, data, config=cfg,
+            reward_funcs=[always_one, always_zero], report_reward="combined",
+        )  # fmt: skip
+    bad = make_trainer(
+        client, "pm", tmp_path / "b", 2, data, config=cfg, reward_funcs=[plus_minus_one]
+    )
+    with pytest.raises(ValueError, match=r"plus_minus_one.*reward_mode='threshold' with threshold"):
+        bad.train()
+    bad.close_bots()
+    good = make_trainer(
+        client, "pm", tmp_path / "c", 2, data, config=cfg, run_id="pm-ok",
+        reward_funcs=[plus_minus_one], reward_mode="threshold", threshold=0.0,
+    )  # fmt: skip
+    good.train()
+    good.close_bots()
+    assert good.bots_reporter.stats.delivered == 2
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("report", "successes"), [("combined", 4.0), (1, 0.0), ("always_one", 4.0)]
+)
+def test_the_reported_reward_is_one_function_or_the_weighted_sum(
+    client: SelectorClient, tmp_path: Path, report: int | str, successes: float
+) -> None:
+    data = rows(8)
+    client.create_pool("mix", [r["task_key"] for r in data], config=SUMS)
+    trainer = make_trainer(
+        client, "mix", tmp_path / "o", 1, data,
+        config={"num_generations": 4, "reward_weights": [0.6, 0.5]},
+        reward_funcs=[always_one, always_zero], report_reward=report,
+        reward_mode="threshold", threshold=0.6,
+    )  # fmt: skip
+    trainer.train()
+    trainer.close_bots()
+    (done,) = trainer.bots_reporter.delivered
+    assert {o.successes for o in done.outcomes} == {successes}
+
+
+class Slow(TrainerCallback):  # type: ignore[misc]
+    """Makes each step take longer than the pool's wait window."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        time.sleep(self.seconds)
+
+
+@pytest.fixture
+def quick_expiry_client(tmp_path: Path) -> Iterator[SelectorClient]:
+    """A server that checks for expired selections every 0.1 s, and a client of it."""
+    from bots_server._app import start_server
+    from bots_server._settings import ServerSettings
+
+    server = start_server(
+        ServerSettings(
+            host="127.0.0.1",
+            port=0,
+            data_dir=str(tmp_path / "d"),
+            fsync=False,
+            metrics_port=-1,
+            expiry_interval_seconds=0.1,
         )
-        for _ in range(2)
-    ]
-    streams = [list(s) for s in ranks]
-    assert streams[0] == streams[1]
-    assert len(streams[0]) == len(ranks[0]) == 2 * 3 * 4 * 2
-    first = ranks[0].ledger.pending()[0][1]
-    # Each task's 4 rollouts split 2 + 2 over the ranks; the step closes with the second share.
+    )
+    try:
+        with SelectorClient(str(server.address), timeout=10) as c:
+            yield c
+    finally:
+        server.stop(grace=0)
+
+
+@pytest.mark.timeout(300)
+def test_steps_slower_than_the_wait_window_still_apply_all_their_evidence(
+    quick_expiry_client: SelectorClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = quick_expiry_client
+    data = rows(8)
+    client.create_pool(
+        "slow",
+        [r["task_key"] for r in data],
+        config=PoolConfig(forgetting=0.0, implicit_weight=0.0, selection_wait_seconds=1.0),
+    )
+    trainer = make_trainer(
+        client,
+        "slow",
+        tmp_path / "o",
+        4,
+        data,
+        config={"num_generations": 4},
+        callbacks=[Slow(1.3)],
+    )
+    trainer.train()
+    trainer.close_bots()
+    stats = trainer.bots_reporter.stats
+    assert stats.failed == 0 and stats.delivered == 4
+    assert stats.late >= 1  # selections drawn ahead expired before their rewards came
+    assert client.get_pool("slow").selections_expired >= 1
+    assert_same_totals(
+        posterior_totals(client, "slow"), evidence_totals(trainer.bots_reporter.delivered)
+    )
+    assert "selection_wait_seconds" in caplog.text
+
+
+WORKER = Path(__file__).with_name("trl_rank_worker.py")
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_train_on_the_same_selections_and_each_closes_once(
+    client: SelectorClient, bots_target: str, tmp_path: Path
+) -> None:
+    """Two real ranks (torch.distributed, gloo on CPU) under TRL's default layout."""
+    from service_procs import free_port
+
+    data = rows(6)
+    client.create_pool("ddp", [r["task_key"] for r in data], config=SUMS)
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = []
     for rank in range(2):
-        result = client.report_outcomes(
-            "ranks",
-            [(k, 1, 2) for k in first.keys],
-            selection_id=first.selection_id,
-            request_id=f"r-s0-rank{rank}",
+        renv = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        cmd = [sys.executable, str(WORKER), bots_target, "ddp", str(tmp_path), "4"]
+        procs.append(
+            subprocess.Popen(cmd, env=renv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         )
-        expected = SelectionState.OPEN if rank == 0 else SelectionState.APPLIED
-        assert result.selection_state is expected
+    outs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # Every rank drew the same selections (only rank 0 asked the service) ...
+    assert results[0]["draws"] == results[1]["draws"]
+    assert results[0]["global_step"] == results[1]["global_step"] == 4
+    # ... and reported its own share: 8 prompts x 8 generations per step over 2 ranks.
+    per_selection: dict[str, list[str]] = {}
+    for res in results:
+        assert res["stats"]["failed"] == 0 and res["stats"]["late"] == 0
+        for rep in res["reports"]:
+            per_selection.setdefault(rep["selection_id"], []).append(rep["state"])
+    assert len(per_selection) == 4
+    for states in per_selection.values():
+        assert sorted(states) == ["applied", "open"]  # closed once, by the second share
+    info = client.get_pool("ddp")
+    assert info.steps_applied == 4 and info.selections_expired == 0

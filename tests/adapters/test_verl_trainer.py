@@ -22,7 +22,7 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bots_client import SelectionState, SelectorClient  # noqa: E402
+from bots_client import PoolConfig, SelectionState, SelectorClient  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 with warnings.catch_warnings():
@@ -130,3 +130,54 @@ def test_ppo_trainer_draws_bots_batches_reports_and_resumes(client: SelectorClie
     assert not resumed.bots_sampler.ledger.get(2).replayed
     assert len(nxt["extra_info"]) == B
     assert np.all([isinstance(x, dict) for x in nxt["extra_info"]])
+
+
+def scored(batch_dict: dict[str, Any], passes: dict[str, int]) -> DataProto:
+    """One draw as a DAPO trainer holds it after scoring: a uid per prompt, n rollouts each."""
+    batch = step_batch(batch_dict, passes)
+    keys = [info["task_key"] for info in batch.non_tensor_batch["extra_info"]]
+    batch.non_tensor_batch["uid"] = np.array(
+        [f"uid-{k}-{id(batch_dict)}" for k in keys], dtype=object
+    )
+    return batch
+
+
+def keep_mixed_groups(batch: DataProto) -> DataProto:
+    """DAPO's filter_groups on acc: drop prompts whose rollouts all passed or all failed."""
+    scores = batch.batch["token_level_scores"].sum(-1)
+    uids = batch.non_tensor_batch["uid"]
+    keep = [i for i, u in enumerate(uids) if 0 < scores[uids == u].mean() < 1]
+    return batch[keep]
+
+
+@pytest.mark.parametrize("before_filtering", [True, False], ids=["reported-per-draw", "at-update"])
+def test_dapo_dynamic_sampling_reports_every_draw(
+    client: SelectorClient, before_filtering: bool
+) -> None:
+    """Two draws filtered and concatenated into one update batch, as DAPO's fit does."""
+    client.create_pool("verl", [f"task-{i}" for i in range(N)], config=PoolConfig(forgetting=0.0))
+    trainer = make_trainer(client)
+    it = iter(trainer.train_dataloader)
+    kept = []
+    for _ in range(2):
+        batch_dict = next(it)
+        keys = [info["task_key"] for info in batch_dict["extra_info"]]
+        # task 0 of each draw: all pass; task 1: all fail; the others mixed
+        passes = {k: [ROLLOUTS, 0, 1, 2][i % 4] for i, k in enumerate(keys)}
+        draw = scored(batch_dict, passes)
+        if before_filtering:
+            trainer.bots_report(draw)
+        kept.append(keep_mixed_groups(draw))
+    update = DataProto.concat(kept)
+    assert len(update) == 2 * (B - 2) * ROLLOUTS
+    trainer.bots_report(update)  # what _update_actor does
+    trainer.bots_reporter.close(timeout=10)
+    delivered = trainer.bots_reporter.delivered
+    states = [d.result.selection_state for d in delivered if d.result]
+    assert states == [SelectionState.APPLIED] * 2  # each draw reported once, closed once
+    assert len({d.selection_id for d in delivered}) == 2
+    tasks_per_report = [len(d.outcomes) for d in delivered]
+    # Before filtering every task is evidence, the uniform groups included.
+    assert tasks_per_report == ([B, B] if before_filtering else [B - 2, B - 2])
+    assert trainer.bots_reporter.stats.failed == 0
+    assert client.get_pool("verl").steps_applied == 2

@@ -29,15 +29,19 @@ from bots_adapters._reporter import (
     ReportFailedError,
     ReportQueueFull,
 )
+from bots_adapters._spool import ReportSpool, SpooledReport, SpoolFullError
 
 __all__ = [
     "OutcomeReporter",
     "PendingReport",
     "ReportFailedError",
     "ReportQueueFull",
+    "ReportSpool",
     "ReporterStats",
     "RewardMode",
     "SelectionLedger",
+    "SpoolFullError",
+    "SpooledReport",
     "effective_task_ratio",
     "group_by_task",
     "group_rewards",

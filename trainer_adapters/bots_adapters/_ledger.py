@@ -20,7 +20,8 @@ class SelectionLedger:
     a contiguous run of the selection's order (a rank receives a contiguous
     slice of the batch). The matched selection stays pending (other calls may
     still report for it, e.g. several reward functions); everything older is
-    dropped, since batches are scored in the order they were drawn.
+    dropped, since batches are scored in the order they were drawn. Callers
+    that score each selection once use `take`, which removes it as well.
 
     Args:
         maxlen: Most selections remembered; older ones are forgotten.
@@ -69,6 +70,18 @@ class SelectionLedger:
                         self._items.popitem(last=False)
                     return step, sel
         return None
+
+    def take(self, keys: Sequence[str]) -> tuple[int, Selection] | None:
+        """Like `match`, but the matched selection is removed too.
+
+        For callers that see each selection exactly once (one reward call per
+        rank and generation batch, as in TRL): a task selected again later
+        then matches its new selection, never the older one.
+        """
+        found = self.match(keys)
+        if found is not None:
+            self.discard(found[0])
+        return found
 
     def discard(self, step: int) -> None:
         """Forgets ``step`` (its rewards are all in)."""

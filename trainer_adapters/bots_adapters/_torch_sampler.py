@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from bots_client import Selection, SelectorClient
+from bots_client import (
+    OverloadedError,
+    SelectedTask,
+    Selection,
+    SelectorClient,
+    UnavailableError,
+)
 from torch.utils.data import Sampler
 
 from bots_adapters._ledger import SelectionLedger
+from bots_adapters._reporter import KEEP_TRAINING, OutcomeReporter, check_outage_policy
+
+log = logging.getLogger("bots_adapters.sampler")
 
 _STATE_VERSION = 1
 
@@ -58,6 +72,27 @@ class KeyIndex:
         return [self.key_of[int(i)] for i in indices]
 
 
+def local_selection(
+    keys: Sequence[str], batch_size: int, *, run_id: str, step: int, expected_trials: float
+) -> Selection:
+    """The batch a sampler uses for ``step`` while the service is unreachable.
+
+    ``batch_size`` distinct tasks drawn uniformly from ``keys`` by a generator
+    seeded with (``run_id``, ``step``), so every rank of a run that falls back
+    for the same step makes the same batch. Its ``selection_id`` is empty:
+    evidence for it is reported as standalone steps.
+    """
+    seed = int.from_bytes(hashlib.sha256(f"{run_id}\0{step}".encode()).digest()[:8], "big")
+    chosen = random.Random(seed).sample(sorted(keys), batch_size)
+    tasks = tuple(SelectedTask(k, -1, math.nan, math.nan) for k in chosen)
+    return Selection("", tasks, False, -1, expected_trials)
+
+
+def is_local(selection: Selection) -> bool:
+    """True for a batch made locally during an outage (see `local_selection`)."""
+    return selection.selection_id == ""
+
+
 class BotsBatchSampler(Sampler[list[int]]):
     """Yields one BOTS selection per batch, as dataset indices, for ``DataLoader(batch_sampler=...)``.
 
@@ -74,6 +109,31 @@ class BotsBatchSampler(Sampler[list[int]]):
     ``__len__`` is nominal (``steps_per_epoch``): BOTS draws with
     replacement across steps, an "epoch" is just a number of steps.
 
+    **Outages** (``on_outage``): with ``"keep_training"`` (default), a draw
+    that fails because the service is unreachable (after the client's own
+    retries) makes the batch locally instead (`local_selection`: uniform,
+    seeded by run id and step, so ranks agree) and the sampler enters
+    degraded mode (logged; ``degraded_batches`` counts, also in the given
+    ``reporter``'s stats). While degraded, it probes the service at most
+    every ``probe_interval`` seconds and uses local batches in between; the
+    first draw that gets through leaves degraded mode (logged). Local batches
+    have an empty ``selection_id``, so their evidence is reported as
+    standalone steps. ``"fail_fast"`` raises the client's error instead.
+
+    **Ranks** normally each ask the service (it answers a (run id, step) the
+    same way for all). At the edge of an outage one rank may still reach it
+    while another falls back; pass ``share`` to rule that out: only the
+    ``leader`` draws, and ``share(selection_or_None)``, called on every rank
+    at every step, must return the leader's value (e.g. a
+    ``torch.distributed.broadcast_object_list`` from rank 0).
+
+    **Wait window.** A selection waits the pool's ``selection_wait_seconds``
+    (default 600) for its rewards. Loaders draw ahead, so a selection waits
+    about two steps; the sampler logs a warning naming the setting once its
+    observed step time makes that longer than the window. Evidence arriving
+    later is still applied, as a standalone step (`OutcomeReporter` with
+    ``on_closed="standalone"``).
+
     Args:
         client: Connected client.
         pool: Pool whose tasks are the dataset's.
@@ -86,6 +146,11 @@ class BotsBatchSampler(Sampler[list[int]]):
         expected_trials: Trials each task will report (rollouts per task); 0
             means the pool's ``pseudo_rollouts``.
         history: How many recent selections `selection` can still look up.
+        on_outage: ``"keep_training"`` or ``"fail_fast"`` (see above).
+        reporter: Reporter whose ``stats.degraded_batches`` counts local batches.
+        probe_interval: Seconds between attempts to reach the service while degraded.
+        share: Makes every rank use the leader's draw (see above).
+        leader: Whether this rank draws when ``share`` is given.
     """
 
     def __init__(
@@ -100,6 +165,11 @@ class BotsBatchSampler(Sampler[list[int]]):
         start_step: int = 0,
         expected_trials: float = 0.0,
         history: int = 256,
+        on_outage: str = KEEP_TRAINING,
+        reporter: OutcomeReporter | None = None,
+        probe_interval: float = 10.0,
+        share: Callable[[Selection | None], Selection] | None = None,
+        leader: bool = True,
     ) -> None:
         if not run_id:
             raise ValueError("run_id is required: it keys the selections of the run's steps")
@@ -120,6 +190,17 @@ class BotsBatchSampler(Sampler[list[int]]):
         self.position = 0
         self.current_step: int | None = None
         self.current_selection: Selection | None = None
+        self.on_outage = check_outage_policy(on_outage)
+        self.reporter = reporter
+        self.probe_interval = probe_interval
+        self.share = share
+        self.leader = leader
+        self.degraded = False
+        self.degraded_batches = 0
+        self._last_probe = 0.0
+        self._last_draw: float | None = None
+        self._wait_window: float | None = None
+        self._window_warned = False
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -135,16 +216,93 @@ class BotsBatchSampler(Sampler[list[int]]):
         return self.start_step + epoch * self.steps_per_epoch + position
 
     def draw(self, step: int) -> Selection:
-        """Selects (or replays) the batch of ``step`` and records it."""
-        sel = self.client.select_batch(
-            self.pool,
+        """Selects (or replays) the batch of ``step`` and records it.
+
+        Raises:
+            UnavailableError: The service is unreachable and ``on_outage="fail_fast"``.
+        """
+        if self.share is None:
+            sel = self._draw(step)
+        else:
+            sel = self.share(self._draw(step) if self.leader else None)
+        if is_local(sel):
+            self.degraded_batches += 1
+            if self.reporter is not None:
+                self.reporter.count_degraded_batch()
+        self.ledger.add(step, sel)
+        self._watch_step_time()
+        return sel
+
+    def _draw(self, step: int) -> Selection:
+        local = self.degraded and time.monotonic() - self._last_probe < self.probe_interval
+        if not local:
+            try:
+                if self.degraded:
+                    self.client.get_pool(self.pool, timeout=2.0)  # a cheap probe first
+                sel = self.client.select_batch(
+                    self.pool,
+                    self.batch_size,
+                    run_id=self.run_id,
+                    step=step,
+                    expected_trials=self.expected_trials,
+                )
+            except (UnavailableError, OverloadedError) as err:
+                if self.on_outage != KEEP_TRAINING:
+                    raise
+                self._last_probe = time.monotonic()
+                if not self.degraded:
+                    self.degraded = True
+                    log.warning(
+                        "selector service unreachable at step %d (%s): sampler entering degraded "
+                        "mode; batches are drawn locally (uniform, seeded by run id and step) "
+                        "until it is back",
+                        step,
+                        err,
+                    )
+            else:
+                if self.degraded:
+                    self.degraded = False
+                    log.warning(
+                        "selector service reachable again at step %d: sampler leaving degraded "
+                        "mode after %d local batch(es)",
+                        step,
+                        self.degraded_batches,
+                    )
+                return sel
+        return local_selection(
+            list(self.key_index.index_of),
             self.batch_size,
             run_id=self.run_id,
             step=step,
             expected_trials=self.expected_trials,
         )
-        self.ledger.add(step, sel)
-        return sel
+
+    def _watch_step_time(self) -> None:
+        now = time.monotonic()
+        last, self._last_draw = self._last_draw, now
+        if last is None or self._window_warned or self.degraded:
+            return
+        if self._wait_window is None:
+            try:
+                self._wait_window = self.client.get_pool(self.pool).config.selection_wait_seconds
+            except Exception:  # only a warning depends on it
+                self._wait_window = math.inf
+        step_time = now - last
+        window = self._wait_window or math.inf
+        if 2 * step_time > window:
+            self._window_warned = True
+            log.warning(
+                "a step takes about %.0fs and the loader draws a batch ahead, so a selection "
+                "waits about %.0fs for its rewards: longer than pool %r's "
+                "selection_wait_seconds=%.0f. Its rewards are then applied as standalone steps "
+                "(on_closed='standalone'); create the pool with selection_wait_seconds of at "
+                "least %.0f to keep them with their selections",
+                step_time,
+                2 * step_time,
+                self.pool,
+                window,
+                4 * step_time,
+            )
 
     def __iter__(self) -> Iterator[list[int]]:
         while self.position < self.steps_per_epoch:

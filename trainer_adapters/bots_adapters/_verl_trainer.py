@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from bots_client import SelectorClient
+from bots_client import Selection, SelectorClient
 from torch.utils.data import Sampler
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
+from bots_adapters._ledger import SelectionLedger
 from bots_adapters._outcomes import RewardMode, group_rewards
-from bots_adapters._reporter import OutcomeReporter
+from bots_adapters._reporter import KEEP_TRAINING, OutcomeReporter
 from bots_adapters._torch_sampler import BotsBatchSampler
 
 log = logging.getLogger("bots_adapters.verl")
@@ -34,6 +36,8 @@ class BotsSampler(Sampler[int]):
         run_id: Run id (e.g. ``trainer.experiment_name``).
         rollouts: Rollouts per prompt (``actor_rollout_ref.rollout.n``).
         steps_per_epoch: Steps per epoch; default ``len(keys) // batch_size``.
+        **sampler_kwargs: `BotsBatchSampler` outage options (``on_outage``, ``reporter``,
+            ``probe_interval``).
     """
 
     def __init__(
@@ -46,6 +50,7 @@ class BotsSampler(Sampler[int]):
         run_id: str,
         rollouts: int,
         steps_per_epoch: int | None = None,
+        **sampler_kwargs: Any,
     ) -> None:
         self.batches = BotsBatchSampler(
             client,
@@ -55,6 +60,7 @@ class BotsSampler(Sampler[int]):
             run_id=run_id,
             steps_per_epoch=steps_per_epoch,
             expected_trials=float(rollouts),
+            **sampler_kwargs,
         )
         self.ledger = self.batches.ledger
 
@@ -88,10 +94,21 @@ class BotsRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
     Builds a `BotsSampler` over ``train_dataset`` (unless a ``train_sampler``
     is given) and, each step, right before the actor update, sums each
     rollout's ``token_level_scores`` into one reward, groups them by task
-    and reports them (in the background) to the step's selection. The driver
-    sees the whole batch, so one report per step closes the selection.
-    Steps without an actor update (critic warm-up) are not reported; their
-    selections close when the wait window expires, as "not evaluated".
+    and reports them (in the background) to the selection(s) the rows came
+    from (`bots_report`). Steps without an actor update (critic warm-up) are
+    not reported; their selections close when the wait window expires.
+
+    **Dynamic sampling (DAPO ``filter_groups``).** A DAPO trainer drops the
+    groups whose rollouts all succeeded or all failed, exactly the evidence
+    BOTS needs, and concatenates several draws into one update batch. Call
+    ``self.bots_report(batch)`` on each draw right after its rewards are
+    computed and before filtering (one line in the DAPO trainer's ``fit``):
+    that draw's selection is then reported in full and closed, and the
+    update-time report skips it. Without that call, the update-time report
+    still splits a concatenated batch into its draws (rows in draw order, one
+    ``uid`` per prompt) and reports what survived filtering.
+
+    **Outages** (``on_outage``): see `OutcomeReporter` and `BotsBatchSampler`.
 
     Args:
         *args: RayPPOTrainer's positional arguments.
@@ -102,6 +119,8 @@ class BotsRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
         reward_mode: How a rollout's summed score becomes evidence.
         threshold: Success threshold for ``"threshold"``.
         task_key_fn: Row key extractor for reported batches.
+        on_outage: ``"keep_training"`` or ``"fail_fast"``.
+        reporter_kwargs: Extra `OutcomeReporter` arguments (e.g. ``spool_path``).
         **kwargs: RayPPOTrainer's keyword arguments (``train_dataset`` is required).
     """
 
@@ -115,6 +134,8 @@ class BotsRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
         reward_mode: RewardMode | str = RewardMode.BINARY,
         threshold: float = 0.5,
         task_key_fn: Callable[[Mapping[str, Any], int], str] = default_task_key,
+        on_outage: str = KEEP_TRAINING,
+        reporter_kwargs: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         config = kwargs.get("config", args[0] if args else None)
@@ -125,13 +146,15 @@ class BotsRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
         self.bots_pool = bots_pool
         self.bots_run_id = run_id or str(config.trainer.experiment_name)
         self.bots_task_key_fn = task_key_fn
-        self.bots_reporter = OutcomeReporter(
-            bots_client,
-            bots_pool,
-            mode=reward_mode,
-            threshold=threshold,
-            request_id_prefix=f"{self.bots_run_id}-",
-        )
+        self.bots_session = uuid.uuid4().hex[:8]
+        opts: dict[str, Any] = {
+            "mode": reward_mode,
+            "threshold": threshold,
+            "request_id_prefix": f"{self.bots_run_id}-",
+            "on_outage": on_outage,
+        }
+        opts.update(reporter_kwargs or {})
+        self.bots_reporter = OutcomeReporter(bots_client, bots_pool, **opts)
         if kwargs.get("train_sampler") is None:
             if dataset is None:
                 raise TypeError("pass train_dataset (or your own train_sampler)")
@@ -143,41 +166,106 @@ class BotsRayPPOTrainer(RayPPOTrainer):  # type: ignore[misc]
                 int(config.data.get("gen_batch_size", None) or config.data.train_batch_size),
                 run_id=self.bots_run_id,
                 rollouts=int(config.actor_rollout_ref.rollout.n),
+                on_outage=on_outage,
+                reporter=self.bots_reporter,
             )
         self.bots_sampler: BotsSampler = kwargs["train_sampler"]
         super().__init__(*args, **kwargs)
 
-    def bots_report(self, batch: Any) -> str:
-        """Reports one step's rollouts (a ``DataProto`` with ``token_level_scores``); returns the request id."""
-        scores = batch.batch["token_level_scores"].sum(-1).tolist()
-        keys = [self.bots_task_key_fn(batch.non_tensor_batch, i) for i in range(len(scores))]
-        outcomes = group_rewards(
-            keys, scores, mode=self.bots_reporter.mode, threshold=self.bots_reporter.threshold
-        )
-        found = _match_set(self.bots_sampler, {o.task_key for o in outcomes})
-        if found is None:
-            log.warning(
-                "rewards of %d task(s) match no recent selection; not reported", len(outcomes)
+    def bots_report(self, batch: Any) -> list[str]:
+        """Reports the rollouts of a ``DataProto`` to the selections its rows came from.
+
+        Each pending selection found in ``batch`` is reported once, with
+        ``final=True`` (so it closes now) and removed from the ledger; rows
+        of selections reported before (a draw reported ahead of DAPO
+        filtering) or of no selection are left out.
+
+        Args:
+            batch: Rollouts with ``token_level_scores`` (or ``rm_scores``), task keys
+                in ``non_tensor_batch`` and, for concatenated draws, verl's ``uid``.
+
+        Returns:
+            The request ids queued.
+        """
+        tensors = batch.batch
+        # TensorDict refuses `in` on itself; its keys() view allows it.
+        names = tensors.keys()
+        name = "token_level_scores" if "token_level_scores" in names else "rm_scores"
+        scores = tensors[name].sum(-1).tolist()
+        nt = batch.non_tensor_batch
+        keys = [self.bots_task_key_fn(nt, i) for i in range(len(scores))]
+        uids = [str(u) for u in nt["uid"]] if "uid" in nt else None
+        ledger = self.bots_sampler.ledger
+        segments, left = split_by_selection(ledger, keys, uids)
+        if left:
+            log.info("%d rollout(s) belong to no pending selection; not reported", left)
+        rids = []
+        for step, sel, rows in segments:
+            outcomes = group_rewards(
+                [keys[r] for r in rows],
+                [scores[r] for r in rows],
+                mode=self.bots_reporter.mode,
+                threshold=self.bots_reporter.threshold,
             )
-            return ""
-        step, sel = found
-        return self.bots_reporter.report(
-            outcomes,
-            selection_id=sel.selection_id,
-            final=True,
-            request_id=f"{self.bots_run_id}-s{step}",
-        )
+            ledger.discard(step)
+            if not outcomes:
+                continue
+            rids.append(
+                self.bots_reporter.report(
+                    outcomes,
+                    selection_id=sel.selection_id,
+                    final=bool(sel.selection_id),
+                    request_id=f"{self.bots_run_id}-s{step}-{self.bots_session}",
+                )
+            )
+        return rids
 
     def _update_actor(self, batch: Any) -> Any:
         self.bots_report(batch)
         return super()._update_actor(batch)
 
     def fit(self) -> Any:
-        """RayPPOTrainer.fit, then waits until every report was delivered."""
+        """RayPPOTrainer.fit, then waits until every report was delivered or spooled."""
         try:
             return super().fit()
         finally:
             self.bots_reporter.flush()
+
+
+def split_by_selection(
+    ledger: SelectionLedger, keys: Sequence[str], uids: Sequence[str] | None = None
+) -> tuple[list[tuple[int, Selection, list[int]]], int]:
+    """Splits rows (in draw order) into runs belonging to the pending selections, oldest first.
+
+    A batch concatenated from several draws holds each draw's rows together,
+    in the order drawn (filtering only removes rows). Each row goes to the
+    current selection while its key belongs to it and, with ``uids`` (one per
+    prompt), while the key is not met again under another uid (a later draw
+    of the same task); otherwise to the next pending selection that holds it.
+
+    Returns:
+        ([(step, selection, row indices)], number of rows matching no selection).
+    """
+    pending = ledger.pending()
+    segments: list[tuple[int, Selection, list[int]]] = []
+    pos = -1
+    seen: dict[str, str] = {}
+    left = 0
+    for row, key in enumerate(keys):
+        uid = uids[row] if uids is not None else ""
+        if pos >= 0:
+            sel_keys = pending[pos][1].keys
+            if key in sel_keys and seen.get(key, uid) == uid:
+                seen[key] = uid
+                segments[-1][2].append(row)
+                continue
+        nxt = next((j for j in range(pos + 1, len(pending)) if key in pending[j][1].keys), None)
+        if nxt is None:
+            left += 1
+            continue
+        pos, seen = nxt, {key: uid}
+        segments.append((pending[pos][0], pending[pos][1], [row]))
+    return segments, left
 
 
 def _dataset_keys(dataset: Any) -> list[str]:
@@ -186,16 +274,3 @@ def _dataset_keys(dataset: Any) -> list[str]:
         row = dataset[i]
         keys.append(default_task_key({k: [v] for k, v in row.items()}, 0))
     return keys
-
-
-def _match_set(sampler: BotsSampler, keys: set[str]) -> tuple[int, Any] | None:
-    ledger = sampler.ledger
-    for step, sel in ledger.pending():
-        if set(sel.keys) == keys or (keys and keys <= set(sel.keys)):
-            for old, _ in ledger.pending():
-                if old == step:
-                    break
-                ledger.discard(old)
-            ledger.discard(step)
-            return step, sel
-    return None

@@ -20,7 +20,8 @@ from bots_adapters._reporter import (
     ReportFailedError,
     ReportQueueFull,
 )
-from bots_adapters._torch_sampler import BotsBatchSampler, KeyIndex
+from bots_adapters._spool import SpoolFullError
+from bots_adapters._torch_sampler import BotsBatchSampler, KeyIndex, is_local, local_selection
 
 __all__ = [
     "BotsBatchSampler",
@@ -29,5 +30,8 @@ __all__ = [
     "ReportFailedError",
     "ReportQueueFull",
     "RewardMode",
+    "SpoolFullError",
     "group_rewards",
+    "is_local",
+    "local_selection",
 ]

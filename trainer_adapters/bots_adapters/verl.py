@@ -7,6 +7,11 @@ reports each step's per-prompt rewards before the actor update).
 
 from __future__ import annotations
 
-from bots_adapters._verl_trainer import BotsRayPPOTrainer, BotsSampler, default_task_key
+from bots_adapters._verl_trainer import (
+    BotsRayPPOTrainer,
+    BotsSampler,
+    default_task_key,
+    split_by_selection,
+)
 
-__all__ = ["BotsRayPPOTrainer", "BotsSampler", "default_task_key"]
+__all__ = ["BotsRayPPOTrainer", "BotsSampler", "default_task_key", "split_by_selection"]
