@@ -159,8 +159,7 @@ def bytes_per_task(port: int, name: str, n: int) -> tuple[float, dict[str, int]]
     r = redis.Redis(port=port)
     inc = r.hget(rk.meta(name), "incarnation").decode()
     keys = rk.PoolKeys(name, inc)
-    names = [keys.meta, keys.ckpt, keys.log, keys.open, keys.runs]
-    names += [keys.tasks(c) for c in range((n + rk.TASK_CHUNK - 1) // rk.TASK_CHUNK)]
+    names = [keys.meta, keys.ckpt, keys.log, *keys.chunks(n)]
     usage = {k: int(r.memory_usage(k, samples=0) or 0) for k in names}
     return sum(usage.values()) / n, usage
 

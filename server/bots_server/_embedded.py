@@ -157,6 +157,11 @@ class EmbeddedStore(LogStore):
         h.since_snapshot += 1
         if h.since_snapshot < self.snapshot_every or h.snapshotting:
             return None
+        # Snapshots need the posteriors: take them when the steps are applied anyway
+        # (after a draw), or when the journal has grown well past the interval.
+        assert h.runtime is not None
+        if h.runtime.pending and h.since_snapshot < 4 * self.snapshot_every:
+            return None
         return self._begin_snapshot(h)
 
     def _begin_snapshot(self, pool: _Pool) -> Callable[[], None] | None:

@@ -41,7 +41,16 @@ MAX_ATTEMPTS = 50
 
 
 class Conflict(Exception):
-    """The log moved past the runtime's sequence number: sync and plan again."""
+    """The log moved past the runtime's sequence number: sync and plan again.
+
+    ``entries`` may carry the (seq, record) pairs the runtime missed, read in
+    the same round trip as the failed append.
+    """
+
+    def __init__(self, head: int, entries: list[tuple[int, Record]] | None = None) -> None:
+        super().__init__(f"the log is at record {head}")
+        self.head = head
+        self.entries = entries or []
 
 
 class PoolHandle:
@@ -109,22 +118,55 @@ class LogStore(Store):
         """Pools that may hold an open selection past its deadline."""
         return self._names()
 
+    # Whether requests may be planned on the runtime held, without a sync first.
+    optimistic = False
+
+    def _absorb(self, h: PoolHandle, conflict: Conflict) -> bool:
+        """Applies the records a Conflict brought; True when the runtime is now current."""
+        rt = h.runtime
+        if rt is None:
+            return False
+        for seq, record in conflict.entries:
+            if seq != rt.seq + 1:
+                return False
+            rt.apply(seq, record)
+        return rt.seq == conflict.head
+
     # ------------------------------------------------------------- the one path
     def _write(self, name: str, plan: Callable[[PoolRuntime], Planned]) -> Planned:
-        """Plans, appends and applies one record; returns its result or the plan's answer."""
+        """Plans, appends and applies one record; returns its result or the plan's answer.
+
+        An optimistic backend plans on the runtime it holds and lets the
+        compare-and-set append tell whether that runtime was current; anything
+        but a record to append (an error, a replay, a duplicate) is answered
+        only from a runtime synced with the log.
+        """
+        need_sync = not self.optimistic
         for _ in range(MAX_ATTEMPTS):
             h = self._handle(name)
             after: Callable[[], None] | None = None
             with h.lock:
                 if h.deleted:
                     raise NotFound(f"pool {short(name)} not found")
-                rt = self._sync(h)
-                planned = plan(rt)
+                synced = need_sync or h.runtime is None
+                rt = self._sync(h) if synced else h.runtime
+                assert rt is not None
+                try:
+                    planned = plan(rt)
+                except Exception:
+                    if synced:
+                        raise
+                    need_sync = True
+                    continue
                 if not isinstance(planned, (AddTasks, OpenSelection, Report, Expire)):
-                    return planned
+                    if synced:
+                        return planned
+                    need_sync = True
+                    continue
                 try:
                     seq = self._append(h, planned)
-                except Conflict:
+                except Conflict as conflict:
+                    need_sync = not self._absorb(h, conflict)
                     continue
                 result = rt.apply(seq, planned)
                 after = self._after_apply(h)

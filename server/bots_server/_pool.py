@@ -14,8 +14,10 @@ same order rebuilds the same runtime, on any replica and after any restart.
 
 Steps (closed selections, standalone reports) are applied to the posteriors
 lazily: bookkeeping is immediate, the O(pool) update of Eq. 1 runs when the
-posteriors are next needed (a draw, stats, a checkpoint) or when a few steps
-are waiting. Order is kept, so the result is the same as applying at once.
+posteriors are next needed (a draw, stats, a checkpoint) or when many steps
+are waiting. Order is kept, so the result is the same as applying at once;
+reports stay cheap, and a Redis replica that only takes reports does not
+spend its time on posteriors nobody reads yet.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ POOL_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 TIMED_REQUEST_ID = re.compile(r"^([0-9a-f]{12})-[0-9a-f]{32}$")
 MAX_RUN_ID = 256
 MAX_REQUEST_ID = 128
-# Steps waiting for the posteriors before they are applied anyway.
-MAX_PENDING_STEPS = 32
+# Steps waiting for the posteriors before they are applied anyway (bounds their memory).
+MAX_PENDING_STEPS = 4096
 
 
 @dataclass(frozen=True)

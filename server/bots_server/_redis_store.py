@@ -79,8 +79,18 @@ class _Replica(PoolHandle):
         self.ckpt_seq = 0
 
 
+def _entry(entry: Any) -> tuple[int, Record]:
+    """(seq, record) of a log stream entry, as XRANGE (or a script) returns it."""
+    entry_id, fields = entry
+    if isinstance(fields, dict):
+        return int(entry_id.split(b"-")[0]), decode(fields[b"r"])
+    return int(entry_id.split(b"-")[0]), decode(fields[1])  # [b"r", record] from a script
+
+
 class RedisStore(LogStore):
     """Pools in Redis (or a Redis Cluster), shared by any number of replicas."""
+
+    optimistic = True
 
     def __init__(
         self,
@@ -189,11 +199,11 @@ class RedisStore(LogStore):
                 entries = self.r.xrange(h.keys.log, min=f"{rt.seq + 1}-0") if rt.seq < head else []
             else:
                 entries = replies[1]
-            for entry_id, fields in entries:
-                seq = int(entry_id.split(b"-")[0])
+            for entry in entries:
+                seq, record = _entry(entry)
                 if seq != rt.seq + 1:
                     break  # trimmed past this replica: load the checkpoint again
-                rt.apply(seq, decode(fields[b"r"]))
+                rt.apply(seq, record)
             if rt.seq >= head:
                 return rt
             h.runtime = None
@@ -249,12 +259,17 @@ class RedisStore(LogStore):
             if reply[1] == b"gone":
                 h.deleted = True
                 raise self._gone(h.name)
-            raise Conflict()
+            raise Conflict(int(reply[2]), [_entry(e) for e in reply[3]])
         return int(reply[1])
 
     def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
         assert isinstance(h, _Replica) and h.runtime is not None and h.keys is not None
-        if h.runtime.seq - h.ckpt_seq < self.checkpoint_every:
+        behind = h.runtime.seq - h.ckpt_seq
+        # Checkpoints need the posteriors: take them when the steps are applied anyway
+        # (after a draw), or when the log has grown well past the interval.
+        if behind < self.checkpoint_every or (
+            h.runtime.pending and behind < 4 * self.checkpoint_every
+        ):
             return None
         image = capture(h.runtime, with_tasks=False)
         h.ckpt_seq = image.seq  # one writer per interval on this replica

@@ -8,12 +8,16 @@
 -- ARGV[4]     earliest open-selection deadline once the record is applied ('inf' if none)
 -- ARGV[5]     task count once the record is applied
 -- ARGV[6..]   task chunk contents, one per chunk key
--- Reply: {'ok', seq} | {'err', 'gone'} | {'err', 'race', current_seq}
+-- Reply: {'ok', seq} | {'err', 'gone'}
+--      | {'err', 'race', current_seq, entries} with up to 64 log entries after ARGV[2]
 -- The pool runtime decided everything else; this only orders and stores.
 local meta = KEYS[1]
 local f = redis.call('HMGET', meta, 'incarnation', 'seq')
 if f[1] ~= ARGV[1] then return {'err', 'gone'} end
-if f[2] ~= ARGV[2] then return {'err', 'race', f[2]} end
+if f[2] ~= ARGV[2] then
+  local missed = redis.call('XRANGE', KEYS[2], (tonumber(ARGV[2]) + 1) .. '-0', '+', 'COUNT', 64)
+  return {'err', 'race', f[2], missed}
+end
 local seq = tonumber(f[2]) + 1
 for j = 3, #KEYS do
   redis.call('SET', KEYS[j], ARGV[j + 3])
