@@ -13,7 +13,7 @@ from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc as pb_grpc
 
 from bots_server import _convert as cv
-from bots_server._errors import InvalidArgument, status_for
+from bots_server._errors import InvalidArgument, ServiceError, status_for
 from bots_server._model import OutcomeIn
 from bots_server._settings import ServerSettings
 from bots_server._store import PoolDump, Store
@@ -34,15 +34,16 @@ def _rpc(fn: F) -> F:
         try:
             return fn(self, request, context)
         except Exception as exc:
+            if not context.is_active():
+                # The caller cancelled (e.g. a broken import stream), so whatever
+                # went wrong has no one to hear it. Aborting (rather than returning
+                # None, which gRPC would try to serialize and log as an ERROR) ends
+                # the call quietly.
+                log.info("%s cancelled by the client", fn.__name__)
+                context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
             known = status_for(exc)
             if known is not None:
                 context.abort(*known)
-            if not context.is_active():
-                # The caller cancelled (e.g. a broken import stream): nothing to
-                # report. Aborting (rather than returning None, which gRPC would
-                # try to serialize and log as an ERROR) ends the call quietly.
-                log.info("%s cancelled by the client", fn.__name__)
-                context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
             rid = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (error id %s)", fn.__name__, rid)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (error id {rid})")
@@ -139,6 +140,10 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
         for chunk in request_iterator:
             builder.add(chunk)
         dump = builder.finish()
+        if not context.is_active():
+            # gRPC ends the request iterator of a cancelled call like a complete
+            # stream; a cancelled import must change nothing.
+            raise ServiceError("import cancelled")
         return pb.ImportPosteriorsResponse(pool=cv.stats_to_pb(self.store.import_pool(dump)))
 
 

@@ -120,19 +120,31 @@ def redact_url(url: str) -> str:
     part is kept verbatim (IPv6 brackets included). Works for any scheme.
     """
     parts = urllib.parse.urlsplit(url)
-    if parts.query:
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if any(k.lower() == "password" for k, _ in query):
-            masked = [(k, "***" if k.lower() == "password" else v) for k, v in query]
-            parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            masked = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
+            query = urllib.parse.urlencode(masked, safe="*")
     # rpartition: an unencoded '@' inside a password belongs to the userinfo.
     userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return urllib.parse.urlunsplit(parts)
-    user, colon, _secret = userinfo.partition(":")
-    # Without a colon the single field may well be a password: mask it whole.
-    masked_userinfo = f"{user}:***" if colon else "***"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{masked_userinfo}@{host}"))
+    netloc = parts.netloc
+    if at:
+        user, colon, _secret = userinfo.partition(":")
+        # Without a colon the single field may well be a password: mask it whole.
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Rebuilt by hand: urlunsplit drops the '//' of an empty authority (unix:///path).
+    out = f"{parts.scheme}:" if parts.scheme else ""
+    if url[len(out) :].startswith("//"):
+        out += f"//{netloc}"
+    out += parts.path
+    if query:
+        out += f"?{query}"
+    if parts.fragment:
+        out += f"#{parts.fragment}"
+    return out
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:
