@@ -12,7 +12,7 @@ from bots_client._errors import InvalidRequestError
 
 
 class SelectionMode(str, enum.Enum):
-    """How a batch is chosen from the posteriors (spec §4)."""
+    """How a batch is chosen from the posteriors (docs/algorithm.md §4)."""
 
     THOMPSON = "thompson"
     GREEDY = "greedy"
