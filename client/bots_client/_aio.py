@@ -116,9 +116,7 @@ class AsyncSelectorClient:
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:
             return self.timeout
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        return timeout
+        return _channel.check_timeout(timeout)
 
     async def _call(
         self,
@@ -244,7 +242,7 @@ class AsyncSelectorClient:
         See `SelectorClient.export_posteriors`; ``timeout`` bounds the whole
         stream.
         """
-        request = pb.ExportPosteriorsRequest(pool=pool, chunk_size=chunk_size)
+        request = cv.export_request(pool, chunk_size)
         call = self._stub().ExportPosteriors(
             request, timeout=self._deadline(timeout), metadata=self._metadata
         )

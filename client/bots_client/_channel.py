@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 
+from bots_client._errors import InvalidRequestError
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 5
@@ -33,12 +35,22 @@ def check_settings(timeout: float, retries: int) -> None:
     """Validates the client-wide knobs.
 
     Raises:
-        ValueError: If ``timeout`` is not positive or ``retries`` is negative.
+        InvalidRequestError: If ``timeout`` is not positive or ``retries`` is negative.
+    """
+    check_timeout(timeout)
+    if retries < 0:
+        raise InvalidRequestError(f"retries must be >= 0, got {retries!r}")
+
+
+def check_timeout(timeout: float) -> float:
+    """``timeout`` if it is a usable deadline in seconds.
+
+    Raises:
+        InvalidRequestError: If ``timeout`` is not a positive number.
     """
     if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries!r}")
+        raise InvalidRequestError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return timeout
 
 
 def service_config(retries: int) -> dict[str, Any]:

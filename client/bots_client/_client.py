@@ -114,9 +114,7 @@ class SelectorClient:
     def _deadline(self, timeout: float | None) -> float:
         if timeout is None:
             return self.timeout
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-        return timeout
+        return _channel.check_timeout(timeout)
 
     def _call(
         self, rpc: Callable[..., Any], request: Any, timeout: float | None, *, retry: bool = False
@@ -340,7 +338,7 @@ class SelectorClient:
         Raises:
             NotFoundError: The pool does not exist.
         """
-        request = pb.ExportPosteriorsRequest(pool=pool, chunk_size=chunk_size)
+        request = cv.export_request(pool, chunk_size)
         call = self._stub.ExportPosteriors(
             request, timeout=self._deadline(timeout), metadata=self._metadata
         )

@@ -5,13 +5,15 @@ Shared by the sync and asyncio clients so that neither holds wire details.
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 from bots_api.v1 import selector_pb2 as pb
 
-from bots_client._errors import BotsError
+from bots_client._errors import BotsError, InvalidRequestError
 from bots_client._types import (
     Outcome,
     PoolConfig,
@@ -40,6 +42,44 @@ ExportChunk: TypeAlias = "tuple[PoolHeader, list[TaskPosterior]]"
 DEFAULT_CHUNK_SIZE = 10_000
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+def request_builder(fn: F) -> F:
+    """Turns a value protobuf refuses while building a request into `InvalidRequestError`.
+
+    A safety net behind the explicit checks: protobuf raises a bare
+    ``ValueError`` (e.g. "Value out of range") for values its fields cannot
+    hold. Wrong Python types keep raising ``TypeError``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InvalidRequestError:
+            raise
+        except ValueError as exc:
+            raise InvalidRequestError(f"invalid request: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def int_arg(name: str, value: int, low: int, high: int) -> int:
+    """``value`` as an int, checked to lie in [low, high].
+
+    Raises:
+        TypeError: If ``value`` is not an integer (numpy integers are fine).
+        InvalidRequestError: If it is out of range.
+    """
+    number = operator.index(value)
+    if not low <= number <= high:
+        raise InvalidRequestError(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
 
 _MODE_TO_PB = {
     SelectionMode.THOMPSON: pb.SELECTION_MODE_THOMPSON,
@@ -72,6 +112,7 @@ _TASK_FLOATS = ("weak", "strong", "prior_alpha", "prior_beta")
 # --- config ------------------------------------------------------------------
 
 
+@request_builder
 def config_to_pb(config: PoolConfig | None) -> pb.PoolConfig:
     """The protobuf form of a config; None fields stay unset."""
     msg = pb.PoolConfig()
@@ -112,7 +153,7 @@ def task_fields(task: TaskLike) -> dict[str, Any]:
 
     Raises:
         TypeError: For anything that is not a Task, str or mapping.
-        ValueError: For a mapping without a key or with unknown fields.
+        InvalidRequestError: For a mapping without a key or with unknown fields.
     """
     if isinstance(task, str):
         return {"key": task}
@@ -131,15 +172,18 @@ def task_fields(task: TaskLike) -> dict[str, Any]:
     if isinstance(task, Mapping):
         unknown = set(task) - {"key", *_TASK_FLOATS}
         if unknown:
-            raise ValueError(f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}")
+            raise InvalidRequestError(
+                f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}"
+            )
         if "key" not in task:
-            raise ValueError("a task mapping needs a 'key'")
+            raise InvalidRequestError("a task mapping needs a 'key'")
         fields = {"key": task["key"]}
         fields.update({k: float(task[k]) for k in _TASK_FLOATS if task.get(k) is not None})
         return fields
     raise TypeError(f"expected a Task, str or mapping, got {type(task).__name__}")
 
 
+@request_builder
 def task_to_pb(task: TaskLike) -> pb.Task:
     """The protobuf form of a task; None fields stay unset."""
     return pb.Task(**task_fields(task))
@@ -156,6 +200,7 @@ def task_from_pb(msg: pb.Task) -> Task:
     )
 
 
+@request_builder
 def add_tasks_request(pool: str, tasks: Iterable[TaskLike]) -> pb.AddTasksRequest:
     """An AddTasksRequest."""
     msg = pb.AddTasksRequest(pool=pool)
@@ -171,8 +216,7 @@ def _fill_tasks(repeated: Any, tasks: Iterable[TaskLike]) -> None:
 
 
 def _check_chunk_size(chunk_size: int) -> None:
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    int_arg("chunk_size", chunk_size, 1, UINT32_MAX)
 
 
 # --- pools -------------------------------------------------------------------
@@ -214,6 +258,7 @@ def pool_info_to_pb(info: PoolInfo) -> pb.PoolInfo:
     )
 
 
+@request_builder
 def create_request(
     name: str, preset: str, config: PoolConfig | None, tasks: Iterable[TaskLike]
 ) -> pb.CreatePoolRequest:
@@ -226,15 +271,21 @@ def create_request(
 # --- selections and reports ----------------------------------------------------
 
 
+@request_builder
 def select_request(
     pool: str, batch_size: int, run_id: str, step: int, expected_trials: float
 ) -> pb.SelectBatchRequest:
-    """A SelectBatchRequest."""
+    """A SelectBatchRequest.
+
+    Raises:
+        InvalidRequestError: ``batch_size`` < 1 or ``step`` < 0 (or too large
+            for the wire).
+    """
     return pb.SelectBatchRequest(
         pool=pool,
-        batch_size=batch_size,
+        batch_size=int_arg("batch_size", batch_size, 1, UINT32_MAX),
         run_id=run_id,
-        step=step,
+        step=int_arg("step", step, 0, UINT64_MAX),
         expected_trials=float(expected_trials),
     )
 
@@ -255,6 +306,7 @@ def selection_from_pb(msg: pb.SelectBatchResponse) -> Selection:
     )
 
 
+@request_builder
 def coerce_outcomes(outcomes: OutcomesLike) -> list[Outcome]:
     """Normalises the accepted outcome forms into a list of `Outcome`.
 
@@ -281,6 +333,7 @@ def coerce_outcomes(outcomes: OutcomesLike) -> list[Outcome]:
     return result
 
 
+@request_builder
 def report_request(
     pool: str, request_id: str, selection_id: str, outcomes: Sequence[Outcome], final: bool
 ) -> pb.ReportOutcomesRequest:
@@ -310,6 +363,18 @@ def report_result_from_pb(msg: pb.ReportOutcomesResponse) -> ReportResult:
 # --- export / import -----------------------------------------------------------
 
 
+@request_builder
+def export_request(pool: str, chunk_size: int) -> pb.ExportPosteriorsRequest:
+    """An ExportPosteriorsRequest.
+
+    Raises:
+        InvalidRequestError: ``chunk_size`` < 1.
+    """
+    _check_chunk_size(chunk_size)
+    return pb.ExportPosteriorsRequest(pool=pool, chunk_size=chunk_size)
+
+
+@request_builder
 def header_to_pb(header: PoolHeader) -> pb.PoolHeader:
     """The protobuf form of a PoolHeader."""
     return pb.PoolHeader(
@@ -334,6 +399,7 @@ def header_from_pb(msg: pb.PoolHeader) -> PoolHeader:
     )
 
 
+@request_builder
 def posterior_to_pb(posterior: TaskPosterior) -> pb.TaskPosterior:
     """The protobuf form of a TaskPosterior."""
     return pb.TaskPosterior(
@@ -375,6 +441,7 @@ class ImportWriter:
         self.name = name
         self.started = False
 
+    @request_builder
     def chunk(self, header: PoolHeader, posteriors: Iterable[TaskPosterior]) -> pb.PosteriorChunk:
         """The next message: ``posteriors``, plus the (renamed) header if it is the first."""
         msg = pb.PosteriorChunk()
@@ -390,12 +457,14 @@ class ImportWriter:
         """What remains to send at the end: a header-only chunk for an empty pool.
 
         Raises:
-            ValueError: If nothing was sent and there is no header to send.
+            InvalidRequestError: If nothing was sent and there is no header to send.
         """
         if self.started:
             return []
         if header is None:
-            raise ValueError("nothing to import: no chunks (an export always has a header)")
+            raise InvalidRequestError(
+                "nothing to import: no chunks (an export always has a header)"
+            )
         return [self.chunk(header, ())]
 
 
@@ -403,7 +472,7 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Lists of at most ``size`` consecutive items (lazily).
 
     Raises:
-        ValueError: If ``size`` < 1.
+        InvalidRequestError: If ``size`` < 1.
     """
     _check_chunk_size(size)
     it = iter(items)
@@ -423,7 +492,7 @@ def import_requests(
 
     Raises:
         TypeError: If ``tasks`` is given with pairs.
-        ValueError: If ``chunk_size`` < 1, or (lazily) if there is nothing to import.
+        InvalidRequestError: If ``chunk_size`` < 1, or (lazily) if there is nothing to import.
     """
     check_import_args(source, tasks, chunk_size)
     return _import_stream(source, tasks, name, chunk_size)
@@ -434,7 +503,7 @@ def check_import_args(source: object, tasks: object, chunk_size: int) -> None:
 
     Raises:
         TypeError: If ``tasks`` is given with pairs.
-        ValueError: If ``chunk_size`` < 1.
+        InvalidRequestError: If ``chunk_size`` < 1.
     """
     if tasks is not None and not isinstance(source, PoolHeader):
         raise TypeError("tasks is only allowed when source is a PoolHeader")

@@ -10,6 +10,12 @@
 
 Every error carries the gRPC status ``code`` (None when the error did not come
 from a call) and the server's ``details`` text.
+
+Arguments the client can check itself (a negative batch size, a zero
+timeout, a chunk size below 1, a config value that is not a number...) raise
+`InvalidRequestError` with ``code`` None before any call is made. It is also
+a ``ValueError``, so code written against plain ``ValueError`` keeps working.
+Arguments of the wrong Python type still raise ``TypeError``.
 """
 
 from __future__ import annotations
@@ -31,8 +37,12 @@ class BotsError(Exception):
         super().__init__(f"{details} ({code.name})" if code is not None else details)
 
 
-class InvalidRequestError(BotsError):
-    """The request is malformed whatever the server's state (INVALID_ARGUMENT, OUT_OF_RANGE)."""
+class InvalidRequestError(BotsError, ValueError):
+    """The request is malformed whatever the server's state (INVALID_ARGUMENT, OUT_OF_RANGE).
+
+    Also raised, with ``code`` None, for arguments refused by the client before
+    any call is made.
+    """
 
 
 class NotFoundError(BotsError):

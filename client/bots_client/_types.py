@@ -8,9 +8,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from bots_client._errors import InvalidRequestError
+
 
 class SelectionMode(str, enum.Enum):
-    """How a batch is chosen from the posteriors (spec §4)."""
+    """How a batch is chosen from the posteriors (docs/algorithm.md §4)."""
 
     THOMPSON = "thompson"
     GREEDY = "greedy"
@@ -88,13 +90,13 @@ class PoolConfig:
             The config.
 
         Raises:
-            ValueError: For an unknown field or a value of the wrong kind.
+            InvalidRequestError: For an unknown field or a value of the wrong kind.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for name, raw in values.items():
             if name not in names:
-                raise ValueError(
+                raise InvalidRequestError(
                     f"unknown config field {name!r} (known: {', '.join(sorted(names))})"
                 )
             if raw is None:
@@ -117,25 +119,25 @@ def _parse_mode(raw: Any) -> SelectionMode:
             if mode.value == text:
                 return mode
     choices = ", ".join(m.value for m in SelectionMode)
-    raise ValueError(f"config mode must be one of {choices}, got {raw!r}")
+    raise InvalidRequestError(f"config mode must be one of {choices}, got {raw!r}")
 
 
 def _parse_int(name: str, raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        raise ValueError(f"config {name} must be an integer, got {raw!r}")
+        raise InvalidRequestError(f"config {name} must be an integer, got {raw!r}")
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"config {name} must be an integer, got {raw!r}") from None
+        raise InvalidRequestError(f"config {name} must be an integer, got {raw!r}") from None
 
 
 def _parse_float(name: str, raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-        raise ValueError(f"config {name} must be a number, got {raw!r}")
+        raise InvalidRequestError(f"config {name} must be a number, got {raw!r}")
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"config {name} must be a number, got {raw!r}") from None
+        raise InvalidRequestError(f"config {name} must be a number, got {raw!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Metrics of the paper (spec §6): ETR, TTB, BSF, estimator quality, confidence intervals."""
+"""Metrics of the paper (docs/algorithm.md §6): ETR, TTB, BSF, estimator quality, confidence intervals."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ _T975 = (
 
 @dataclass(frozen=True)
 class StepRatios:
-    """The three ratios of one step's evaluated tasks (spec §6).
+    """The three ratios of one step's evaluated tasks (docs/algorithm.md §6).
 
     Attributes:
         effective: Fraction with pass rate strictly between 0 and 1 (ETR).

@@ -60,7 +60,7 @@ def render_markdown(
         f"wall time {exp.wall_seconds:.1f} s. Intervals are 95 % t-intervals over seeds. "
         f"Early = first {e} steps, late = last {late} steps.",
         "",
-        "## Findings of the paper (spec §6)",
+        "## Findings of the paper (docs/algorithm.md §6)",
         "",
     ]
     lines += _table(

@@ -21,6 +21,7 @@ from bots_server._pool import Retention
 from bots_server._servicer import TaskSelectorServicer
 from bots_server._settings import ServerSettings, redact_url
 from bots_server._store import Store
+from bots_server._streams import StreamGuard
 from bots_server._tls import server_credentials
 
 log = logging.getLogger("bots_server")
@@ -29,6 +30,8 @@ SERVICE_NAME = selector_pb2.DESCRIPTOR.services_by_name["TaskSelector"].full_nam
 # Health service name that stays SERVING while the process runs, whatever the
 # store's state: for liveness probes (readiness uses "" or SERVICE_NAME).
 LIVENESS_SERVICE = "liveness"
+# Streams the plaintext health port serves at once (health Watch only).
+HEALTH_PORT_STREAMS = 2
 
 
 def build_store(settings: ServerSettings) -> Store:
@@ -75,6 +78,7 @@ class RunningServer:
         metrics_http: MetricsHttpServer | None = None,
         health_server: grpc.Server | None = None,
         served_store: Store | None = None,
+        guards: tuple[StreamGuard, ...] = (),
     ) -> None:
         self.server = server
         self.store = store
@@ -86,6 +90,7 @@ class RunningServer:
         # The store as the servicer sees it (instrumented when metrics are on).
         self._served_store = served_store if served_store is not None else store
         self.health = health_servicer
+        self.guards = guards
         self.port = port
         self.settings = settings
         self.address = (
@@ -135,6 +140,8 @@ class RunningServer:
         if self._metrics_http is not None:
             self._metrics_http.close()
         self._watcher.join(timeout=5)
+        for guard in self.guards:
+            guard.close()
         self.store.close()
         log.info("server stopped")
 
@@ -154,6 +161,11 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
         settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
     )
     tokens = tokens_from_settings(settings.auth_tokens_file, settings.auth_token)
+    try:
+        guard = StreamGuard(settings.max_streams, settings.stream_idle_seconds)
+    except ValueError as exc:
+        raise RuntimeError(str(exc)) from None
+    guards = [guard]
     store = store if store is not None else build_store(settings)
     metrics = None
     served = store
@@ -172,16 +184,24 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
         if metrics is not None:
             failures = metrics.auth_failures
             on_failure = lambda reason: failures.labels(reason).inc()  # noqa: E731
-        interceptors.append(AuthInterceptor(tokens, on_failure))
+        interceptors.append(
+            AuthInterceptor(tokens, on_failure, log_interval=settings.refusal_log_seconds)
+        )
         if creds is None:
             log.warning("token auth is on without TLS: tokens travel in clear text")
+    # Last, so that refused calls (auth) never take a stream slot.
+    interceptors.append(guard.interceptor())
     opts = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    # A stream holds its thread for its whole life: the pool has one thread per
+    # stream slot on top of the unary workers, so streams never take theirs.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="bots-rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=settings.workers + settings.max_streams, thread_name_prefix="bots-rpc"
+        ),
         options=opts,
         interceptors=interceptors,
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
@@ -201,9 +221,14 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
     try:
         port = _bind(server, settings.address, creds)
         if settings.health_port >= 0:
+            health_guard = StreamGuard(HEALTH_PORT_STREAMS, settings.stream_idle_seconds)
+            guards.append(health_guard)
             health_server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="bots-health"),
+                futures.ThreadPoolExecutor(
+                    max_workers=4 + HEALTH_PORT_STREAMS, thread_name_prefix="bots-health"
+                ),
                 options=[("grpc.so_reuseport", 0)],
+                interceptors=[health_guard.interceptor()],
             )
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
             health_port = _bind(health_server, _join(settings.host, settings.health_port), None)
@@ -222,14 +247,19 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
                     exc.strerror or exc,
                 )
     except RuntimeError:
+        for g in guards:
+            g.close()
         store.close()
         raise
     server.start()
     for s in extra:
         s.start()
+    for g in guards:
+        g.start()
     running = RunningServer(
         server, store, health_servicer, port, settings, metrics=metrics,
         metrics_http=metrics_http, health_server=health_server, served_store=served,
+        guards=tuple(guards),
     )  # fmt: skip
     running.health_port = health_port
     health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)

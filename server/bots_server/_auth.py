@@ -6,6 +6,15 @@ write token, usually given as ``BOTS_AUTH_TOKEN``). The file is re-read when
 it changes, so tokens rotate without a restart. Only SHA-256 digests of the
 tokens are kept in memory, and no token is ever logged.
 
+The file fails closed: when it disappears, its tokens stop working at once
+(every call that needs one is refused with UNAUTHENTICATED, and an ERROR names
+the file) until it is back. A file that cannot be parsed keeps the previous
+tokens, with an ERROR, so that a botched edit does not lock everyone out.
+
+Refused calls are logged as warnings at most once per peer address and
+reason per interval, with the count of those suppressed, so that a client
+hammering the server without a token cannot flood the log.
+
 ``read`` tokens may call SelectBatch, GetPool, ListPools, ExportPosteriors
 (and reflection); ``write`` tokens may call everything. Health checks need no
 token, so that probes and ``bots check`` keep working.
@@ -18,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +90,8 @@ class TokenTable:
             self._fixed[_digest(env_token)] = WRITE
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
+        self._bad_stamp: tuple[int, int] | None = None  # a file version that failed to load
+        self._missing = False
         self._checked = 0.0
         self._table: dict[bytes, str] = {}
         if path:
@@ -104,12 +116,40 @@ class TokenTable:
             self._checked = now
             try:
                 st = os.stat(self.path)
-                if (st.st_mtime_ns, st.st_size) == self._stamp:
-                    return
+            except FileNotFoundError:
+                # Deleting the file must revoke its tokens, never keep them alive.
+                if not self._missing:
+                    log.error(
+                        "token file %s is gone: its tokens are revoked and calls that "
+                        "need them are refused (UNAUTHENTICATED) until the file is back",
+                        self.path,
+                    )
+                self._missing = True
+                self._table = {}
+                self._stamp = None
+                return
+            except OSError as exc:
+                self._failed(None, exc)
+                return
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp in (self._stamp, self._bad_stamp):
+                return
+            try:
                 self._load()
-                log.info("reloaded %d tokens from %s", len(self._table), self.path)
             except (OSError, ValueError) as exc:
-                log.error("keeping the previous tokens: cannot reload %s: %s", self.path, exc)
+                self._failed(stamp, exc)
+                return
+            self._missing = False
+            self._bad_stamp = None
+            log.info("reloaded %d tokens from %s", len(self._table), self.path)
+
+    def _failed(self, stamp: tuple[int, int] | None, exc: Exception) -> None:
+        """Logs an unusable token file once per version of it; the old tokens stay."""
+        if stamp is not None and stamp == self._bad_stamp:
+            return
+        self._bad_stamp = stamp
+        kept = "no tokens" if self._missing else "the previous tokens"
+        log.error("keeping %s: cannot reload %s: %s", kept, self.path, exc)
 
     def role_of(self, token: str) -> str | None:
         """The role of ``token``, or None when it is not accepted."""
@@ -139,13 +179,86 @@ def bearer_token(metadata: Any) -> str | None:
     return None
 
 
+def peer_address(peer: str) -> str:
+    """``ipv4:10.0.0.1:5555`` -> ``ipv4:10.0.0.1``: the peer without its (ephemeral) port."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rpartition(":")[0]
+    return peer
+
+
+class RefusalLog:
+    """Warnings for refused calls, at most one per (peer address, reason) per interval.
+
+    The next warning of a (peer address, reason) says how many refusals were
+    suppressed since the previous one. At most ``max_peers`` pairs are
+    remembered; the least recently warned about are forgotten first.
+
+    Args:
+        interval: Seconds between two warnings of one pair; 0 logs every refusal.
+        clock: Monotonic clock (tests may pass their own).
+        max_peers: Pairs remembered.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_peers: int = 4096,
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._max = max_peers
+        self._lock = threading.Lock()
+        # (peer address, reason) -> [time of the last warning, refusals suppressed since]
+        self._last: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def refused(self, peer: str, reason: str, message: str) -> None:
+        """Records a refusal and logs it unless one like it was logged recently."""
+        suppressed = 0
+        if self.interval > 0:
+            key = (peer_address(peer), reason)
+            now = self._clock()
+            with self._lock:
+                entry = self._last.get(key)
+                if entry is not None and now - entry[0] < self.interval:
+                    entry[1] += 1
+                    return
+                suppressed = int(entry[1]) if entry is not None else 0
+                self._last[key] = [now, 0]
+                self._last.move_to_end(key)
+                while len(self._last) > self._max:
+                    self._last.popitem(last=False)
+        more = (
+            f" ({suppressed} similar refusals from this address in the last "
+            f"{self.interval:g}s were not logged)"
+            if suppressed
+            else ""
+        )
+        log.warning("refused a call from %s: %s%s", peer, message, more)
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Refuses calls without a valid token (UNAUTHENTICATED) or with too small a role
-    (PERMISSION_DENIED)."""
+    (PERMISSION_DENIED).
 
-    def __init__(self, tokens: TokenTable, on_failure: Callable[[str], None] | None = None) -> None:
+    Args:
+        tokens: The accepted tokens.
+        on_failure: Called with the reason ("missing", "invalid", "forbidden")
+            of every refusal (metrics).
+        log_interval: Seconds between two warnings about refusals of one
+            peer address and reason (see `RefusalLog`).
+    """
+
+    def __init__(
+        self,
+        tokens: TokenTable,
+        on_failure: Callable[[str], None] | None = None,
+        *,
+        log_interval: float = 60.0,
+    ) -> None:
         self.tokens = tokens
         self.on_failure = on_failure
+        self.refusals = RefusalLog(log_interval)
 
     def intercept_service(
         self,
@@ -184,12 +297,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         message: str,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         on_failure = self.on_failure
+        refusals = self.refusals
 
         def refuse(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def denied(request: Any, context: grpc.ServicerContext) -> Any:
                 if on_failure is not None:
                     on_failure(reason)
-                log.warning("refused a call from %s: %s", context.peer(), message)
+                refusals.refused(context.peer(), reason, message)
                 context.abort(code, message)
 
             return denied

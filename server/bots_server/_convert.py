@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from bots_api.v1 import selector_pb2 as pb
 from bots_core import PoolConfig, SelectionMode, TaskSpec, preset
 
+from bots_server._errors import InvalidArgument, ResourceExhausted
 from bots_server._model import (
     PoolHeaderView,
     PoolStats,
     ReportAck,
     SelectionView,
 )
+from bots_server._pool import check_pool_name
+from bots_server._store import PoolDump
 
 MODE_TO_PB = {
     SelectionMode.THOMPSON: pb.SELECTION_MODE_THOMPSON,
@@ -136,3 +140,89 @@ def header_from_pb(h: pb.PoolHeader) -> PoolHeaderView:
         h.capability,
         h.selections_opened,
     )
+
+
+class DumpBuilder:
+    """Builds the `PoolDump` of an ImportPosteriors stream one chunk at a time.
+
+    Limits are checked as early as the stream allows: the header's task count
+    against ``max_tasks`` on the first chunk, and the tasks received against
+    the header's count on every chunk. The arrays are allocated once, from
+    the header, and filled in place, so no more than one chunk of messages is
+    held at a time.
+
+    Args:
+        max_tasks: Most tasks a pool may hold.
+    """
+
+    def __init__(self, max_tasks: int) -> None:
+        self.max_tasks = max_tasks
+        self.header: PoolHeaderView | None = None
+        self.received = 0
+        self._keys: list[str] = []
+        self._values = np.empty((6, 0), dtype=np.float64)
+
+    def add(self, chunk: pb.PosteriorChunk) -> None:
+        """Takes the next chunk of the stream.
+
+        Raises:
+            InvalidArgument: No header on the first chunk, a header on a later
+                one, a malformed header, or more tasks than the header said.
+            ResourceExhausted: The header announces more than ``max_tasks``
+                tasks, or there is no memory for them.
+        """
+        if self.header is None:
+            if not chunk.HasField("header"):
+                raise InvalidArgument("the first chunk of an import must carry the header")
+            self._start(chunk.header)
+        elif chunk.HasField("header"):
+            raise InvalidArgument("only the first chunk of an import may carry a header")
+        tasks = chunk.tasks
+        lo, hi = self.received, self.received + len(tasks)
+        if hi > len(self._keys):
+            raise InvalidArgument(
+                f"import stream holds more tasks than the {len(self._keys)} its header announced"
+            )
+        specs = [t.task for t in tasks]
+        self._keys[lo:hi] = [t.key for t in specs]
+        weak, strong, a0, b0, alpha, beta = self._values[:, lo:hi]
+        nan = math.nan
+        weak[:] = [t.weak if t.HasField("weak") else nan for t in specs]
+        strong[:] = [t.strong if t.HasField("strong") else nan for t in specs]
+        a0[:] = [t.prior_alpha if t.HasField("prior_alpha") else 1.0 for t in specs]
+        b0[:] = [t.prior_beta if t.HasField("prior_beta") else 1.0 for t in specs]
+        alpha[:] = [t.alpha for t in tasks]
+        beta[:] = [t.beta for t in tasks]
+        self.received = hi
+
+    def _start(self, msg: pb.PoolHeader) -> None:
+        n = msg.task_count
+        if n > self.max_tasks:
+            raise ResourceExhausted(
+                f"import of {n} tasks exceeds the limit of {self.max_tasks} tasks per pool"
+            )
+        header = header_from_pb(msg)  # validates the config before any task is read
+        check_pool_name(header.name)
+        try:
+            values = np.empty((6, n), dtype=np.float64)
+        except MemoryError:
+            raise ResourceExhausted(f"no memory for an import of {n} tasks") from None
+        self._values = values
+        self._keys = [""] * n
+        self.header = header
+
+    def finish(self) -> PoolDump:
+        """The dump, once the stream has ended.
+
+        Raises:
+            InvalidArgument: The stream was empty or held fewer tasks than its
+                header said.
+        """
+        if self.header is None:
+            raise InvalidArgument("empty import stream")
+        if self.received != len(self._keys):
+            raise InvalidArgument(
+                f"import stream holds {self.received} tasks, header says {len(self._keys)}"
+            )
+        weak, strong, a0, b0, alpha, beta = self._values
+        return PoolDump(self.header, self._keys, weak, strong, a0, b0, alpha, beta)

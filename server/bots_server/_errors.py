@@ -8,6 +8,12 @@ ServiceError
 ├── ResourceExhausted   a configured limit
 ├── StoreUnavailable    the store cannot be reached or written
 └── DataLoss            the store lost a pool (e.g. Redis restarted empty)
+
+Messages echo at most a short prefix of what the caller sent: builders pass
+caller values through :func:`short`, and :func:`status_for` caps the whole
+message (:func:`cap_message`) as a safety net, because gRPC drops a status
+whose details exceed its metadata limit (about 8 KiB) and the caller then sees
+an unrelated RESOURCE_EXHAUSTED instead of the real error.
 """
 
 from __future__ import annotations
@@ -21,6 +27,43 @@ from bots_core import (
     UnknownTaskError,
     shorten,
 )
+
+ECHO_CHARS = 64
+"""Characters of a caller value that error messages repeat."""
+MAX_MESSAGE_BYTES = 1024
+"""UTF-8 bytes of a status message, at most. gRPC percent-encodes non-ASCII
+bytes (x3), so even then the details stay far below its ~8 KiB header limit."""
+
+
+def short(value: object, limit: int = ECHO_CHARS) -> str:
+    """A caller value as error messages may echo it: at most ``limit`` characters.
+
+    Longer values keep their first ``limit`` characters followed by
+    ``…(N chars)`` so that the reader still knows how long the value was.
+
+    Args:
+        value: What the caller sent (a name, key, id...); non-strings are
+            formatted with ``str``.
+        limit: Characters kept.
+
+    Returns:
+        ``value`` unchanged when short enough, else its prefix and length.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text)} chars)"
+
+
+def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut to at most ``limit`` UTF-8 bytes (marked ``…(truncated)``)."""
+    raw = message.encode("utf-8")
+    if len(raw) <= limit:
+        return message
+    marker = "…(truncated)"
+    keep = limit - len(marker.encode("utf-8"))
+    # errors="ignore" drops a multi-byte character split by the cut.
+    return raw[:keep].decode("utf-8", errors="ignore") + marker
 
 
 class ServiceError(Exception):
@@ -69,10 +112,13 @@ short = shorten  # errors echo at most a short prefix of what the caller sent
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    """The status and caller-facing message for a known error; None for unexpected ones."""
+    """The status and caller-facing message for a known error; None for unexpected ones.
+
+    The message is capped with :func:`cap_message`, whoever built it.
+    """
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+        return exc.code, cap_message(str(exc))
     for cls, code in _CORE_CODES:
         if isinstance(exc, cls):
-            return code, str(exc)
+            return code, cap_message(str(exc))
     return None

@@ -9,12 +9,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc as pb_grpc
 
 from bots_server import _convert as cv
-from bots_server._errors import InvalidArgument, status_for
+from bots_server._errors import InvalidArgument, ServiceError, status_for
 from bots_server._model import OutcomeIn
 from bots_server._settings import ServerSettings
 from bots_server._store import PoolDump, Store
@@ -35,13 +34,16 @@ def _rpc(fn: F) -> F:
         try:
             return fn(self, request, context)
         except Exception as exc:
+            if not context.is_active():
+                # The caller cancelled (e.g. a broken import stream), so whatever
+                # went wrong has no one to hear it. Aborting (rather than returning
+                # None, which gRPC would try to serialize and log as an ERROR) ends
+                # the call quietly.
+                log.info("%s cancelled by the client", fn.__name__)
+                context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
             known = status_for(exc)
             if known is not None:
                 context.abort(*known)
-            if not context.is_active():
-                # The caller cancelled (e.g. a broken import stream): nothing to report.
-                log.info("%s cancelled by the client", fn.__name__)
-                return None
             rid = uuid.uuid4().hex[:12]
             log.exception("internal error in %s (error id %s)", fn.__name__, rid)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error (error id {rid})")
@@ -132,33 +134,16 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
     def ImportPosteriors(
         self, request_iterator: Iterable[pb.PosteriorChunk], context: Any
     ) -> pb.ImportPosteriorsResponse:
-        header: pb.PoolHeader | None = None
-        tasks: list[pb.TaskPosterior] = []
-        for i, chunk in enumerate(request_iterator):
-            if i == 0:
-                if not chunk.HasField("header"):
-                    raise InvalidArgument("the first chunk of an import must carry the header")
-                header = chunk.header
-            elif chunk.HasField("header"):
-                raise InvalidArgument("only the first chunk of an import may carry a header")
-            tasks.extend(chunk.tasks)
-        if header is None:
-            raise InvalidArgument("empty import stream")
-        if len(tasks) != header.task_count:
-            raise InvalidArgument(
-                f"import stream holds {len(tasks)} tasks, header says {header.task_count}"
-            )
-        specs = [cv.task_from_pb(t.task) for t in tasks]
-        dump = PoolDump(
-            cv.header_from_pb(header),
-            [s.key for s in specs],
-            np.array([s.weak for s in specs], dtype=np.float64),
-            np.array([s.strong for s in specs], dtype=np.float64),
-            np.array([s.prior_alpha for s in specs], dtype=np.float64),
-            np.array([s.prior_beta for s in specs], dtype=np.float64),
-            np.array([t.alpha for t in tasks], dtype=np.float64),
-            np.array([t.beta for t in tasks], dtype=np.float64),
-        )
+        # Chunk by chunk into preallocated arrays: limits fail the call as soon
+        # as the offending chunk arrives, and no more than one chunk is held.
+        builder = cv.DumpBuilder(self.settings.max_tasks_per_pool)
+        for chunk in request_iterator:
+            builder.add(chunk)
+        dump = builder.finish()
+        if not context.is_active():
+            # gRPC ends the request iterator of a cancelled call like a complete
+            # stream; a cancelled import must change nothing.
+            raise ServiceError("import cancelled")
         return pb.ImportPosteriorsResponse(pool=cv.stats_to_pb(self.store.import_pool(dump)))
 
 

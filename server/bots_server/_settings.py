@@ -27,7 +27,9 @@ class ServerSettings:
         max_batch_size: Largest SelectBatch batch.
         max_outcomes_per_report: Largest number of outcomes in one report.
         max_tasks_per_pool: Most tasks one pool may hold.
-        workers: Threads serving RPCs.
+        workers: Threads serving unary RPCs (streaming calls get max_streams more on top).
+        max_streams: Streaming calls (export, import, health Watch, reflection) served at once; more get RESOURCE_EXHAUSTED.
+        stream_idle_seconds: A streaming call that neither receives a message nor has one read for this long is cancelled (0 = never).
         expiry_interval_seconds: How often open selections are checked for expiry.
         log_level: Python logging level name.
         redis_url: Redis URL (redis:// or rediss://); empty = embedded store.
@@ -49,6 +51,7 @@ class ServerSettings:
         tls_client_ca_file: PEM CA that client certificates must chain to (mutual TLS).
         auth_tokens_file: File of '<token> <role>' lines (role read or write); turns token auth on.
         auth_token: One write token (secret; prefer the BOTS_AUTH_TOKEN variable to the flag).
+        refusal_log_seconds: Refused calls are logged at most once per peer address and reason per this many seconds (0 = log each one).
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +65,8 @@ class ServerSettings:
     max_outcomes_per_report: int = 1_000_000
     max_tasks_per_pool: int = 50_000_000
     workers: int = 16
+    max_streams: int = 8
+    stream_idle_seconds: float = 60.0
     expiry_interval_seconds: float = 1.0
     log_level: str = "INFO"
     redis_url: str = ""
@@ -83,6 +88,7 @@ class ServerSettings:
     tls_client_ca_file: str = ""
     auth_tokens_file: str = ""
     auth_token: str = ""
+    refusal_log_seconds: float = 60.0
 
     @property
     def address(self) -> str:
@@ -111,20 +117,40 @@ class ServerSettings:
 
 
 def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``; ``?password=`` is masked too."""
+    """``url`` with every secret in it masked, fit for logs.
+
+    ``redis://user:secret@host`` -> ``redis://user:***@host``;
+    ``redis://:secret@host`` -> ``redis://:***@host``; a bare
+    ``redis://secret@host`` (which many clients read as a password) ->
+    ``redis://***@host``; ``?password=secret`` -> ``?password=***``. The host
+    part is kept verbatim (IPv6 brackets included). Works for any scheme.
+    """
     parts = urllib.parse.urlsplit(url)
-    if parts.query:
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if any(k == "password" for k, _ in query):
-            masked = [(k, "***" if k == "password" else v) for k, v in query]
-            parts = parts._replace(query=urllib.parse.urlencode(masked, safe="*"))
-    if parts.password is None:
-        return urllib.parse.urlunsplit(parts)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            masked = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
+            query = urllib.parse.urlencode(masked, safe="*")
+    # rpartition: an unencoded '@' inside a password belongs to the userinfo.
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at:
+        user, colon, _secret = userinfo.partition(":")
+        # Without a colon the single field may well be a password: mask it whole.
+        netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Rebuilt by hand: urlunsplit drops the '//' of an empty authority (unix:///path).
+    out = f"{parts.scheme}:" if parts.scheme else ""
+    if url[len(out) :].startswith("//"):
+        out += f"//{netloc}"
+    out += parts.path
+    if query:
+        out += f"?{query}"
+    if parts.fragment:
+        out += f"#{parts.fragment}"
+    return out
 
 
 def _parse(name: str, type_name: str, raw: str) -> Any:

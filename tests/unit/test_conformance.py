@@ -1,4 +1,4 @@
-"""Conformance vectors V1-V9 of the BOTS spec (docs: shared/spec/bots-algorithm.md §7)."""
+"""Conformance vectors V1-V9 of docs/algorithm.md §7."""
 
 from __future__ import annotations
 

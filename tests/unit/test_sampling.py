@@ -1,4 +1,4 @@
-"""Statistical tests of the sampler and the selection rules (spec §4).
+"""Statistical tests of the sampler and the selection rules (docs/algorithm.md §4).
 
 Every test uses fixed seeds, so it either always passes or always fails; the
 p-value thresholds (1e-3) only decide how large a deviation counts as a bug.

@@ -15,7 +15,7 @@ class RewardMode(str, enum.Enum):
     BINARY: rewards must be exactly 0 or 1 (bools allowed); one success per 1.
     THRESHOLD: a rollout succeeds when its reward is >= the threshold.
     FRACTION: graded rewards in [0, 1] count as fractional successes
-        (spec §2: successes = sum of rewards).
+        (docs/algorithm.md §2: successes = sum of rewards).
     """
 
     BINARY = "binary"
@@ -123,7 +123,7 @@ def group_by_task(
 
 
 def effective_task_ratio(outcomes: Iterable[Outcome]) -> float:
-    """Share of tasks whose pass rate is strictly between 0 and 1 (spec §6); NaN for none."""
+    """Share of tasks whose pass rate is strictly between 0 and 1 (docs/algorithm.md §6); NaN for none."""
     rates = [o.successes / o.trials for o in outcomes if o.trials > 0]
     if not rates:
         return math.nan
