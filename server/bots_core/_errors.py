@@ -10,15 +10,18 @@ BotsCoreError
 from __future__ import annotations
 
 
-def shorten(value: str, limit: int = 64) -> str:
-    """``value`` quoted for an error message, cut to ``limit`` characters.
+def shorten(value: object, limit: int = 64) -> str:
+    """A caller value quoted for an error message, at most ``limit`` characters of it.
 
     Callers can send keys and names of any length; echoing them whole would
     make an error message (and the gRPC status carrying it) arbitrarily large.
+    Longer values keep their first ``limit`` characters followed by
+    ``…(N chars)``, so the reader still knows how long the value was.
     """
-    if len(value) <= limit:
-        return repr(value)
-    return f"{value[:limit]!r}...({len(value)} characters)"
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)} chars)"
 
 
 class BotsCoreError(Exception):

@@ -155,7 +155,11 @@ class EmbeddedStore(LogStore):
     def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
         assert isinstance(h, _Pool)
         h.since_snapshot += 1
-        if h.since_snapshot < self.snapshot_every or h.snapshotting:
+        return self._after_read(h)
+
+    def _after_read(self, h: PoolHandle) -> Callable[[], None] | None:
+        assert isinstance(h, _Pool)
+        if h.since_snapshot < self.snapshot_every or h.snapshotting or h.damage is not None:
             return None
         # Snapshots need the posteriors: take them when the steps are applied anyway
         # (after a draw), or when the journal has grown well past the interval.

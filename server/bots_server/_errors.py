@@ -28,31 +28,12 @@ from bots_core import (
     shorten,
 )
 
-ECHO_CHARS = 64
-"""Characters of a caller value that error messages repeat."""
+short = shorten
+"""A caller value as error messages may echo it (quoted, at most 64 characters):
+one helper for the engine's messages and the server's."""
 MAX_MESSAGE_BYTES = 1024
 """UTF-8 bytes of a status message, at most. gRPC percent-encodes non-ASCII
 bytes (x3), so even then the details stay far below its ~8 KiB header limit."""
-
-
-def short(value: object, limit: int = ECHO_CHARS) -> str:
-    """A caller value as error messages may echo it: at most ``limit`` characters.
-
-    Longer values keep their first ``limit`` characters followed by
-    ``…(N chars)`` so that the reader still knows how long the value was.
-
-    Args:
-        value: What the caller sent (a name, key, id...); non-strings are
-            formatted with ``str``.
-        limit: Characters kept.
-
-    Returns:
-        ``value`` unchanged when short enough, else its prefix and length.
-    """
-    text = value if isinstance(value, str) else str(value)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}…({len(text)} chars)"
 
 
 def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -107,8 +88,6 @@ _CORE_CODES: list[tuple[type[BotsCoreError], grpc.StatusCode]] = [
     (CorruptStateError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
-
-short = shorten  # errors echo at most a short prefix of what the caller sent
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:

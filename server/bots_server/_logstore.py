@@ -100,7 +100,11 @@ class LogStore(Store):
 
     @abc.abstractmethod
     def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
-        """Checkpoint policy: work to run once the pool lock is released, if any."""
+        """Checkpoint policy after a record: work to run once the lock is released, if any."""
+
+    def _after_read(self, h: PoolHandle) -> Callable[[], None] | None:
+        """Checkpoint policy after a read (which may have applied the pending steps)."""
+        return None
 
     @abc.abstractmethod
     def _install(self, runtime: PoolRuntime) -> bool:
@@ -182,7 +186,11 @@ class LogStore(Store):
         with h.lock:
             if h.deleted:
                 raise NotFound(f"pool {short(name)} not found")
-            return fn(self._sync(h))
+            result = fn(self._sync(h))
+            after = self._after_read(h)
+        if after is not None:
+            after()
+        return result
 
     # ---------------------------------------------------------------- interface
     def create_pool(

@@ -263,6 +263,9 @@ class RedisStore(LogStore):
         return int(reply[1])
 
     def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
+        return self._after_read(h)
+
+    def _after_read(self, h: PoolHandle) -> Callable[[], None] | None:
         assert isinstance(h, _Replica) and h.runtime is not None and h.keys is not None
         behind = h.runtime.seq - h.ckpt_seq
         # Checkpoints need the posteriors: take them when the steps are applied anyway

@@ -205,6 +205,7 @@ def test_a_bad_snapshot_stops_only_its_pool_and_recovery_uses_the_previous_one(t
             create(stub, "q")
             for i in range(10):
                 stub.ReportOutcomes(request("p", i))
+                stub.GetPool(pb.GetPoolRequest(pool="p"))  # applies the step: snapshots go ahead
         server.kill()
         snapshot = pool_dir(server, "p") / "snapshot.bin"
         assert (pool_dir(server, "p") / "snapshot.prev.bin").exists()

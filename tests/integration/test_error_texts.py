@@ -77,9 +77,9 @@ def test_an_unknown_long_selection_is_not_found_and_named_by_a_prefix(
 
 
 def test_short_and_cap_message_keep_a_prefix_and_say_how_long_the_value_was() -> None:
-    assert short("pool-1") == "pool-1"
-    assert short(LONG) == "x" * 64 + "…(20000 chars)"
-    assert short(LONG, 8) == "xxxxxxxx…(20000 chars)"
+    assert short("pool-1") == "'pool-1'"
+    assert short(LONG) == repr("x" * 64) + "…(20000 chars)"
+    assert short(LONG, 8) == "'xxxxxxxx'…(20000 chars)"
     capped = cap_message("unknown pool " + LONG_WIDE)
     assert len(capped.encode("utf-8")) <= MAX_MESSAGE_BYTES
     assert capped.startswith("unknown pool éé") and capped.endswith("…(truncated)")
