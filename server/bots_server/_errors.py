@@ -89,7 +89,6 @@ _CORE_CODES: list[tuple[type[BotsCoreError], grpc.StatusCode]] = [
 ]
 
 
-
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     """The status and caller-facing message for a known error; None for unexpected ones.
 
