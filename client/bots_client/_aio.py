@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -224,7 +223,7 @@ class AsyncSelectorClient:
         """Adds rollout evidence exactly once; see `SelectorClient.report_outcomes`."""
         request = cv.report_request(
             pool,
-            request_id if request_id is not None else uuid.uuid4().hex,
+            request_id if request_id is not None else cv.new_request_id(),
             selection_id,
             cv.coerce_outcomes(outcomes),
             final,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
@@ -305,7 +304,7 @@ class SelectorClient:
         """
         request = cv.report_request(
             pool,
-            request_id if request_id is not None else uuid.uuid4().hex,
+            request_id if request_id is not None else cv.new_request_id(),
             selection_id,
             cv.coerce_outcomes(outcomes),
             final,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias, TypeVar
 
@@ -533,3 +535,12 @@ def import_header(header: PoolHeader, name: str | None) -> pb.PoolHeader:
     if name is not None:
         msg.name = name
     return msg
+
+
+def new_request_id() -> str:
+    """A fresh request id: creation time (ms since the epoch, 12 hex digits), '-', a uuid4.
+
+    The server can tell from the time part when a retry is older than what a
+    pool still remembers, and refuses it instead of applying it twice.
+    """
+    return f"{int(time.time() * 1000):012x}-{uuid.uuid4().hex}"
