@@ -218,6 +218,7 @@ class AsyncSelectorClient:
         selection_id: str = "",
         final: bool = False,
         request_id: str | None = None,
+        run_id: str = "",
         timeout: float | None = None,
     ) -> ReportResult:
         """Adds rollout evidence exactly once; see `SelectorClient.report_outcomes`."""
@@ -227,6 +228,7 @@ class AsyncSelectorClient:
             selection_id,
             cv.coerce_outcomes(outcomes),
             final,
+            run_id,
         )
         resp = await self._call(self._stub().ReportOutcomes, request, timeout, retry=True)
         return cv.report_result_from_pb(resp)

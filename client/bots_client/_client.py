@@ -274,6 +274,7 @@ class SelectorClient:
         selection_id: str = "",
         final: bool = False,
         request_id: str | None = None,
+        run_id: str = "",
         timeout: float | None = None,
     ) -> ReportResult:
         """Adds rollout evidence, exactly once.
@@ -288,9 +289,12 @@ class SelectorClient:
             selection_id: The selection the evidence belongs to; empty for a
                 standalone step.
             final: Close the selection after this report.
-            request_id: Idempotency key (1..128 characters); a fresh uuid4
-                hex when None. Pass your own to make retries across
-                processes safe.
+            request_id: Idempotency key (1..128 characters); a fresh one
+                (creation time, then a uuid4) when None. Pass your own to
+                make retries across processes safe.
+            run_id: The run a standalone step belongs to, when several runs
+                share the pool (a report naming a selection belongs to the
+                selection's run).
             timeout: Deadline of each attempt, in seconds.
 
         Returns:
@@ -308,6 +312,7 @@ class SelectorClient:
             selection_id,
             cv.coerce_outcomes(outcomes),
             final,
+            run_id,
         )
         resp = self._call(self._stub.ReportOutcomes, request, timeout, retry=True)
         return cv.report_result_from_pb(resp)

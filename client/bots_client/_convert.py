@@ -5,6 +5,7 @@ Shared by the sync and asyncio clients so that neither holds wire details.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import operator
@@ -22,6 +23,7 @@ from bots_client._types import (
     PoolHeader,
     PoolInfo,
     ReportResult,
+    RunInfo,
     SelectedTask,
     Selection,
     SelectionMode,
@@ -239,6 +241,19 @@ def pool_info_from_pb(msg: pb.PoolInfo) -> PoolInfo:
         selections_opened=msg.selections_opened,
         selections_expired=msg.selections_expired,
         mean_posterior=msg.mean_posterior,
+        runs=tuple(
+            RunInfo(
+                r.run_id,
+                r.first_seen,
+                r.last_seen,
+                r.steps,
+                r.capability,
+                r.last_effective_task_ratio,
+                r.rolling_effective_task_ratio,
+                r.active,
+            )
+            for r in msg.runs
+        ),
     )
 
 
@@ -257,6 +272,7 @@ def pool_info_to_pb(info: PoolInfo) -> pb.PoolInfo:
         selections_opened=info.selections_opened,
         selections_expired=info.selections_expired,
         mean_posterior=info.mean_posterior,
+        runs=[pb.RunInfo(**dataclasses.asdict(r)) for r in info.runs],
     )
 
 
@@ -337,13 +353,19 @@ def coerce_outcomes(outcomes: OutcomesLike) -> list[Outcome]:
 
 @request_builder
 def report_request(
-    pool: str, request_id: str, selection_id: str, outcomes: Sequence[Outcome], final: bool
+    pool: str,
+    request_id: str,
+    selection_id: str,
+    outcomes: Sequence[Outcome],
+    final: bool,
+    run_id: str = "",
 ) -> pb.ReportOutcomesRequest:
     """A ReportOutcomesRequest."""
     return pb.ReportOutcomesRequest(
         pool=pool,
         request_id=request_id,
         selection_id=selection_id,
+        run_id=run_id,
         outcomes=[
             pb.Outcome(task_key=o.task_key, successes=float(o.successes), trials=float(o.trials))
             for o in outcomes

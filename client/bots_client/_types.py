@@ -177,6 +177,7 @@ class PoolInfo:
         selections_opened: Selections ever opened.
         selections_expired: Selections closed because their wait window expired.
         mean_posterior: Mean of the posterior means; NaN for an empty pool.
+        runs: The runs that took steps in the pool, busiest first.
     """
 
     name: str
@@ -191,6 +192,32 @@ class PoolInfo:
     selections_opened: int
     selections_expired: int
     mean_posterior: float
+    runs: tuple[RunInfo, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """One training run of a pool (several runs may share a pool).
+
+    Attributes:
+        run_id: The run id its selections carried ("" for steps that named none).
+        first_seen: Unix seconds of its first selection or report.
+        last_seen: Unix seconds of its latest one.
+        steps: Steps of this run applied.
+        capability: The run's own capability coefficient mu_r; NaN until computed.
+        last_effective_task_ratio: ETR of its latest step.
+        rolling_effective_task_ratio: Mean ETR over its last 100 steps.
+        active: Whether it counts as sharing the pool now (a step among the last 256).
+    """
+
+    run_id: str
+    first_seen: float
+    last_seen: float
+    steps: int
+    capability: float
+    last_effective_task_ratio: float
+    rolling_effective_task_ratio: float
+    active: bool
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from bots_core._errors import (
     UnknownTaskError,
     shorten,
 )
+from bots_core._runs import ACTIVE_STEPS, RunState, sharing
 from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
 from bots_core._update import (
@@ -28,6 +29,7 @@ from bots_core._update import (
 )
 
 __all__ = [
+    "ACTIVE_STEPS",
     "DEFAULT_ESTIMATOR",
     "ETR_WINDOW",
     "MAX_KEY_BYTES",
@@ -44,6 +46,7 @@ __all__ = [
     "InvalidInputError",
     "PoolConfig",
     "PoolState",
+    "RunState",
     "Selection",
     "SelectionMode",
     "StepResult",
@@ -58,6 +61,7 @@ __all__ = [
     "preset",
     "seed_sequence",
     "select_batch",
+    "sharing",
     "shorten",
     "top_k",
 ]

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from bots_core._config import SelectionMode
 from bots_core._errors import CorruptStateError, InvalidInputError, shorten
+from bots_core._runs import offset
 from bots_core._state import FloatArray, PoolState
 from bots_core._update import IntArray
 
@@ -59,11 +60,15 @@ def seed_sequence(seed: int, selection_number: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(entropy=seed, spawn_key=(selection_number,))
 
 
-def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Selection:
-    """Selects ``batch_size`` distinct tasks from the pool by its configured rule.
+def select_batch(
+    state: PoolState, batch_size: int, selection_number: int, run: str = ""
+) -> Selection:
+    """Selects ``batch_size`` distinct tasks from the pool by its configured rule, for ``run``.
 
     The draw is a pure function of the posteriors, the pool seed and
-    ``selection_number``.
+    ``selection_number``. When ``run``'s capability differs from the pool's,
+    the draws (or means) of tasks with reference rates are moved to the run's
+    capability before they are compared with the target (docs/algorithm.md §8).
     """
     n = state.task_count
     if not 1 <= batch_size <= n:
@@ -73,7 +78,13 @@ def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Se
     cfg = state.config
     ss = seed_sequence(cfg.seed, selection_number)
     merge_rng = np.random.default_rng(ss)
-    target = cfg.target
+    target: float | FloatArray = cfg.target
+    run_state = state.runs.get(run)
+    move = offset(state.capability, run_state.capability) if run_state is not None else None
+    shift: FloatArray | None = None
+    if move is not None and state.derived.ref_count:
+        shift = state.derived.gap * move  # the run's rate minus the pool's, per task
+        target = cfg.target - shift
     if cfg.mode is SelectionMode.UNIFORM:
         idx = np.sort(merge_rng.choice(n, size=batch_size, replace=False)).astype(np.int64)
         merge_rng.shuffle(idx)
@@ -82,7 +93,8 @@ def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Se
     if cfg.mode is SelectionMode.GREEDY:
         means = state.posterior_mean()
         idx = top_k(np.abs(means - target), batch_size, merge_rng)
-        return Selection(idx, means[idx], means[idx])
+        scored = means[idx] if shift is None else np.clip(means[idx] + shift[idx], 0.0, 1.0)
+        return Selection(idx, scored, means[idx])
     cand, draws = thompson_candidates(
         state.alpha, state.beta, target, batch_size, ss, softmax_tau=_tau(state)
     )
@@ -93,6 +105,8 @@ def select_batch(state: PoolState, batch_size: int, selection_number: int) -> Se
         pos = top_k(np.abs(draws[0] - target), batch_size, merge_rng)
     idx = cand[pos]
     sampled = draws[0][pos]
+    if shift is not None:
+        sampled = np.clip(sampled + shift[idx], 0.0, 1.0)
     means = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
     return Selection(idx, sampled, means)
 
@@ -122,7 +136,7 @@ def top_k(dist: FloatArray, k: int, rng: np.random.Generator) -> IntArray:
 def thompson_candidates(
     alpha: FloatArray,
     beta: FloatArray,
-    target: float,
+    target: float | FloatArray,
     k: int,
     ss: np.random.SeedSequence,
     softmax_tau: float | None = None,
@@ -132,7 +146,7 @@ def thompson_candidates(
     Returns candidate indices (every task that can be in the top ``k``, ties
     at a chunk's cut included) with their draws and their ranking keys
     (``|p - target|``, or for softmax the negated Gumbel-perturbed logits, so
-    that smaller is better in both cases).
+    that smaller is better in both cases). ``target`` may be one value per task.
     """
     n = len(alpha)
     starts = range(0, n, CHUNK)
@@ -144,7 +158,12 @@ def thompson_candidates(
             np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
         )
         p = beta_draws(alpha[lo:hi], beta[lo:hi], rng)
-        dist = p - np.float32(target)
+        goal = (
+            np.float32(target)
+            if isinstance(target, (int, float))
+            else np.asarray(target)[lo:hi].astype(np.float32)
+        )
+        dist = p - goal
         np.abs(dist, out=dist)
         if softmax_tau is not None:
             # Gumbel top-k: sampling k without replacement from softmax(-dist/tau)

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from bots_core._config import PoolConfig
 from bots_core._diagnostics import Diagnostics
 from bots_core._errors import InvalidInputError, TaskConflictError, shorten
+from bots_core._runs import RunState
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -104,6 +105,7 @@ class PoolState:
         self.selections_opened = 0
         self.recent_etr: collections.deque[float] = collections.deque(maxlen=ETR_WINDOW)
         self.diagnostics = Diagnostics()
+        self.runs: dict[str, RunState] = {}  # the runs that took steps (docs/algorithm.md §8)
         self._derived: _Derived | None = None
 
     # ----------------------------------------------------------------- tasks
@@ -226,6 +228,7 @@ class PoolState:
             "selections_opened": self.selections_opened,
             "recent_etr": list(self.recent_etr),
             "diagnostics": self.diagnostics.to_json(),
+            "runs": {r: s.to_json() for r, s in self.runs.items()},
         }
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         key_bytes = [k.encode("utf-8") for k in self.keys]
@@ -282,6 +285,7 @@ class PoolState:
         state.recent_etr.extend(float(x) for x in header["recent_etr"])
         # Pools serialised before diagnostics existed load with empty ones.
         state.diagnostics = Diagnostics.from_json(header.get("diagnostics"))
+        state.runs = {r: RunState.from_json(v) for r, v in header.get("runs", {}).items()}
         return state
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError, shorten
+from bots_core._runs import RunState, offset, sharing
 from bots_core._state import FloatArray, PoolState
 
 IntArray = npt.NDArray[np.int64]
@@ -169,23 +170,44 @@ DEFAULT_ESTIMATOR = InterpolationEstimator()
 
 
 def apply_step(
-    state: PoolState, evidence: Evidence, estimator: ImplicitEstimator = DEFAULT_ESTIMATOR
+    state: PoolState,
+    evidence: Evidence,
+    estimator: ImplicitEstimator = DEFAULT_ESTIMATOR,
+    run: str = "",
 ) -> StepResult:
-    """Applies Eq. 1 to every task of the pool, in place.
+    """Applies Eq. 1 to every task of the pool, in place, as a step of ``run``.
 
     Tasks in ``evidence`` are the selected (evaluated) tasks: they decay and
     receive their explicit counts at full weight. Every other task decays and
-    receives rho * n pseudo-observations at the estimated rate p~.
+    receives rho * n pseudo-observations at the estimated rate p~. When K runs
+    share the pool, a step forgets and adds implicit evidence for 1/K of a
+    round, and the run's rates are moved to the pool's capability
+    (docs/algorithm.md §8); with one run this is exactly Eq. 1.
     """
     cfg = state.config
     lam, rho, n = cfg.forgetting, cfg.implicit_weight, cfg.pseudo_rollouts
     idx, s, t = evidence.indices, evidence.successes, evidence.trials
+    run_state = state.runs.get(run)
+    if run_state is None:
+        run_state = state.runs[run] = RunState()
+    k = sharing(state.runs, run, state.steps_applied)
+    if k > 1:
+        lam = 1.0 - (1.0 - lam) ** (1.0 / k)
+        rho = rho / k
     if len(idx) and (idx.min() < 0 or idx.max() >= state.task_count):
         raise InvalidInputError("evidence index out of range")
     if not (
         np.all(np.isfinite(s)) and np.all(np.isfinite(t)) and np.all(s >= 0) and np.all(s <= t)
     ):
         raise InvalidInputError("evidence counts must be finite with 0 <= successes <= trials")
+    raw = evidence
+    move = offset(state.capability, run_state.capability)
+    if move is not None and len(idx):
+        # The run's rates at the pool's capability: y + (g - w) (mu~ - mu_r), clipped.
+        gap = state.derived.gap[idx]
+        if np.any(gap != 0.0):
+            rate = np.clip(s / t - gap * move, 0.0, 1.0)
+            s = np.where(gap != 0.0, rate * t, s)
     keep = 1.0 - lam
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
@@ -196,8 +218,9 @@ def apply_step(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
 
-    _record_quality(state, evidence)
-    estimator.observe(state, evidence)
+    _record_quality(state, raw)
+    estimator.observe(state, raw)
+    _observe_run(state, run_state, raw)
 
     if estimator is DEFAULT_ESTIMATOR:
         _decay_and_interpolate(state, lam, rho * n)
@@ -208,8 +231,12 @@ def apply_step(
     state.beta[idx] = new_beta
 
     state.steps_applied += 1
-    result = _step_stats(evidence, state.capability)
+    result = _step_stats(raw, state.capability)
     state.record_etr(result.effective_task_ratio)
+    run_state.steps += 1
+    run_state.last_step = state.steps_applied
+    if not math.isnan(result.effective_task_ratio):
+        run_state.recent_etr.append(result.effective_task_ratio)
     state.diagnostics.record_ratios(result.positive_ratio, result.below_one_ratio)
     return result
 
@@ -290,6 +317,18 @@ def _decay_and_estimate(
         state.alpha += p
         state.beta += np.where(mask, w, 0.0)
         state.beta -= p
+
+
+def _observe_run(state: PoolState, run: RunState, evidence: Evidence) -> None:
+    """mu_r: the same moving average as the pool's mu~, over the run's own batches."""
+    mu = batch_capability(state, evidence)
+    if mu is None:
+        return
+    if math.isnan(run.capability):
+        run.capability = mu
+    else:
+        g = state.config.momentum
+        run.capability = g * run.capability + (1.0 - g) * mu
 
 
 def _record_quality(state: PoolState, evidence: Evidence) -> None:

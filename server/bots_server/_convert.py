@@ -95,6 +95,19 @@ def stats_to_pb(s: PoolStats) -> pb.PoolInfo:
         selections_opened=s.selections_opened,
         selections_expired=s.selections_expired,
         mean_posterior=s.mean_posterior,
+        runs=[
+            pb.RunInfo(
+                run_id=r.run_id,
+                first_seen=r.first_seen,
+                last_seen=r.last_seen,
+                steps=r.steps,
+                capability=r.capability,
+                last_effective_task_ratio=r.last_effective_task_ratio,
+                rolling_effective_task_ratio=r.rolling_effective_task_ratio,
+                active=r.active,
+            )
+            for r in s.runs
+        ],
     )
 
 

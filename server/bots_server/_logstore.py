@@ -258,10 +258,13 @@ class LogStore(Store):
         selection_id: str,
         outcomes: Sequence[OutcomeIn],
         final: bool,
+        run_id: str = "",
     ) -> ReportAck:
         result = self._write(
             name,
-            lambda rt: rt.plan_report(request_id, selection_id, outcomes, final, self.clock()),
+            lambda rt: rt.plan_report(
+                request_id, selection_id, outcomes, final, self.clock(), run_id
+            ),
         )
         assert isinstance(result, ReportAck)
         return result

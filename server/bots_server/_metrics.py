@@ -329,11 +329,12 @@ class InstrumentedStore(Store):
         selection_id: str,
         outcomes: Sequence[OutcomeIn],
         final: bool,
+        run_id: str = "",
     ) -> ReportAck:
         try:
             ack = self._timed(
                 "report",
-                lambda: self.inner.report(name, request_id, selection_id, outcomes, final),
+                lambda: self.inner.report(name, request_id, selection_id, outcomes, final, run_id),
             )
         except AlreadyExists:
             self.m.reports.labels("conflict").inc()

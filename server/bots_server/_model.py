@@ -50,6 +50,21 @@ class PoolStats:
     estimator_pairs: int = 0  # (p~, pass rate) pairs behind the two above
     # Tasks per POSTERIOR_MEAN_BUCKETS bucket (not cumulative): bounds[i-1] < mean <= bounds[i].
     posterior_mean_counts: tuple[int, ...] = ()
+    runs: tuple[RunStats, ...] = ()  # busiest first
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """One run of a pool (bots.v1.RunInfo)."""
+
+    run_id: str
+    first_seen: float
+    last_seen: float
+    steps: int
+    capability: float
+    last_effective_task_ratio: float
+    rolling_effective_task_ratio: float
+    active: bool
 
 
 def engine_stats(state: PoolState) -> dict[str, Any]:

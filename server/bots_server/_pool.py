@@ -33,9 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from bots_core import (
+    ACTIVE_STEPS,
     MAX_TRIALS,
     Evidence,
     PoolState,
+    RunState,
     TaskSpec,
     aggregate,
     apply_step,
@@ -56,6 +58,7 @@ from bots_server._model import (
     OutcomeIn,
     PoolStats,
     ReportAck,
+    RunStats,
     SelectionState,
     SelectionView,
     engine_stats,
@@ -148,10 +151,12 @@ def request_time(request_id: str) -> float | None:
     return int(m.group(1), 16) / 1000.0 if m else None
 
 
-def payload_digest(selection_id: str, outcomes: Sequence[OutcomeIn], final: bool) -> str:
+def payload_digest(
+    selection_id: str, outcomes: Sequence[OutcomeIn], final: bool, run_id: str = ""
+) -> str:
     """Digest of a report's payload, to tell a retry from a reused request id."""
     payload = json.dumps(
-        [selection_id, [[o.task_key, o.successes, o.trials] for o in outcomes], final],
+        [selection_id, [[o.task_key, o.successes, o.trials] for o in outcomes], final, run_id],
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -205,7 +210,8 @@ class PoolRuntime:
         self.selections_expired = 0
         # Standalone request ids made at or before this time may have been forgotten.
         self.dedup_floor = 0.0
-        self.pending: list[Evidence] = []
+        self.pending: list[tuple[Evidence, str]] = []  # (evidence, run) of steps not applied yet
+        self.run_seen: dict[str, tuple[float, float]] = {}  # run -> (first, last) record time
         # Sorted indices and their batch positions, per open selection (not persisted).
         self._members: dict[int, tuple[IntArray, IntArray]] = {}
 
@@ -221,8 +227,8 @@ class PoolRuntime:
 
     def engine(self) -> PoolState:
         """The engine state with every logged step applied."""
-        for ev in self.pending:
-            apply_step(self._state, ev)
+        for ev, run in self.pending:
+            apply_step(self._state, ev, run=run)
         self.pending.clear()
         return self._state
 
@@ -298,7 +304,7 @@ class PoolRuntime:
                 "(or final=true) the ones you have before drawing more"
             )
         number = self._state.selections_opened
-        drawn = select_batch(self.engine(), batch_size, number)
+        drawn = select_batch(self.engine(), batch_size, number, run_id)
         return OpenSelection(
             now, number, run_id, step, drawn.indices, drawn.sampled, drawn.means,
             float(expected), self.steps_applied,
@@ -312,11 +318,14 @@ class PoolRuntime:
         outcomes: Sequence[OutcomeIn],
         final: bool,
         now: float,
+        run_id: str = "",
     ) -> Report | ReportAck:
         """The record of a new report, or the answer given to an earlier use of its id."""
         if not 1 <= len(request_id) <= MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
-        digest = payload_digest(selection_id, outcomes, final)
+        if len(run_id) > MAX_RUN_ID:
+            raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
+        digest = payload_digest(selection_id, outcomes, final, run_id)
         memo = self.standalone.get(request_id) or self.bound.get(request_id)
         if memo is not None:
             if memo.digest != digest:
@@ -340,12 +349,16 @@ class PoolRuntime:
                     "evidence again with a new request id"
                 )
             _check_total(self._state, ev.indices, ev.trials)
-            return Report(now, request_id, digest, -1, ev.indices, ev.successes, ev.trials, final)
+            return Report(
+                now, request_id, digest, run_id, -1, ev.indices, ev.successes, ev.trials, final
+            )
         sel = self.open[number]
         pos = self._positions(sel, ev.indices, selection_id)
         assert sel.trials is not None
         _check_total(self._state, ev.indices, sel.trials[pos] + ev.trials)
-        return Report(now, request_id, digest, number, ev.indices, ev.successes, ev.trials, final)
+        return Report(
+            now, request_id, digest, "", number, ev.indices, ev.successes, ev.trials, final
+        )
 
     def plan_expire(self, now: float) -> list[Expire]:
         return [
@@ -414,6 +427,7 @@ class PoolRuntime:
             sel = Selection(record, np.zeros(n), np.zeros(n))
             self._state.selections_opened = record.number + 1
             self.open[record.number] = sel
+            self._seen(record.run_id, record.time)
             if record.run_id:
                 self.by_run[(record.run_id, record.step)] = record.number
             result = self.view(sel, replayed=False)
@@ -432,7 +446,8 @@ class PoolRuntime:
     def _apply_report(self, r: Report) -> ReportAck:
         ev = Evidence(r.indices, r.successes, r.trials)
         if r.selection < 0:
-            self.pending.append(ev)
+            self.pending.append((ev, r.run_id))
+            self._seen(r.run_id, r.time)
             ack = ReportAck(False, SelectionState.NONE, 1, self.steps_applied)
             self.standalone[r.request_id] = RequestMemo(r.digest, ack, -1, r.time)
             return ack
@@ -474,17 +489,30 @@ class PoolRuntime:
         if seen.any():
             idx = sel.opened.indices[seen]
             order = np.argsort(idx, kind="stable")
-            self.pending.append(
-                Evidence(idx[order], sel.successes[seen][order], sel.trials[seen][order])
-            )
+            ev = Evidence(idx[order], sel.successes[seen][order], sel.trials[seen][order])
+            self.pending.append((ev, sel.opened.run_id))
             state = SelectionState.APPLIED
         self.closed[sel.number] = dataclasses.replace(
             sel, successes=None, trials=None, closed_at=self.now
         )
         return state
 
+    def _seen(self, run: str, when: float) -> None:
+        first, _ = self.run_seen.get(run, (when, when))
+        self.run_seen[run] = (first, when)
+
     def _forget_old(self) -> None:
         r = self.retention
+        stale = [
+            run
+            for run, (_, last) in self.run_seen.items()
+            if last < self.now - r.selection_seconds and not self._has_open(run)
+        ]
+        if stale:
+            engine = self.engine()  # their pending steps first
+            for run in stale:
+                del self.run_seen[run]
+                engine.runs.pop(run, None)
         sel_cut = self.now - r.selection_seconds
         while self.closed:
             first = next(iter(self.closed.values()))
@@ -505,6 +533,30 @@ class PoolRuntime:
                 break
             self.standalone.popitem(last=False)
             self.dedup_floor = max(self.dedup_floor, memo.time)
+
+    def _has_open(self, run: str) -> bool:
+        return any(s.opened.run_id == run for s in self.open.values())
+
+    def run_stats(self) -> tuple[RunStats, ...]:
+        """The pool's runs, busiest first (call after :meth:`engine`)."""
+        st = self._state
+        out = []
+        for run, (first, last) in self.run_seen.items():
+            rs = st.runs.get(run) or RunState()
+            active = rs.steps > 0 and rs.last_step > st.steps_applied - ACTIVE_STEPS
+            out.append(
+                RunStats(
+                    run,
+                    first,
+                    last,
+                    rs.steps,
+                    rs.capability,
+                    rs.last_etr,
+                    rs.rolling_etr,
+                    active,
+                )
+            )
+        return tuple(sorted(out, key=lambda x: (-x.steps, x.run_id)))
 
     # ---------------------------------------------------------------- views
     def view(self, sel: Selection, *, replayed: bool) -> SelectionView:
@@ -529,6 +581,7 @@ class PoolRuntime:
             selections_opened=st.selections_opened,
             selections_expired=self.selections_expired,
             **engine_stats(st),
+            runs=self.run_stats(),
         )
 
 

@@ -67,6 +67,7 @@ class Report:
     time: float
     request_id: str
     digest: str
+    run_id: str  # the run of a standalone step ("" when the report names a selection)
     selection: int
     indices: IntArray
     successes: FloatArray

@@ -114,7 +114,12 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
             )
         outcomes = [OutcomeIn(o.task_key, o.successes, o.trials) for o in request.outcomes]
         ack = self.store.report(
-            request.pool, request.request_id, request.selection_id, outcomes, request.final
+            request.pool,
+            request.request_id,
+            request.selection_id,
+            outcomes,
+            request.final,
+            request.run_id,
         )
         return cv.ack_to_pb(ack)
 

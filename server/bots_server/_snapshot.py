@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from bots_core import Diagnostics, InvalidInputError, PoolConfig, PoolState
+from bots_core import Diagnostics, InvalidInputError, PoolConfig, PoolState, RunState
 
 from bots_server._columns import Columns
 from bots_server._model import ReportAck, SelectionState
@@ -68,6 +68,7 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "incarnation": rt.incarnation,
             "selections_expired": rt.selections_expired,
             "dedup_floor": rt.dedup_floor,
+            "run_seen": {r: list(v) for r, v in rt.run_seen.items()},
             "forgotten_runs": dict(rt.forgotten_runs),
         },
         {
@@ -79,6 +80,7 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "selections_opened": st.selections_opened,
             "recent_etr": list(st.recent_etr),
             "diagnostics": st.diagnostics.to_json(),
+            "runs": {r: s.to_json() for r, s in st.runs.items()},
         },
         st.alpha.copy(),
         st.beta.copy(),
@@ -185,11 +187,13 @@ def _decode(
     state.selections_opened = int(eng["selections_opened"])
     state.recent_etr.extend(float(x) for x in eng["recent_etr"])
     state.diagnostics = Diagnostics.from_json(eng["diagnostics"])
+    state.runs = {r: RunState.from_json(v) for r, v in eng["runs"].items()}
 
     rt = PoolRuntime(state, rtf["incarnation"], retention)
     rt.seq, rt.now = int(rtf["seq"]), float(rtf["now"])
     rt.selections_expired = int(rtf["selections_expired"])
     rt.dedup_floor = float(rtf["dedup_floor"])
+    rt.run_seen = {r: (float(v[0]), float(v[1])) for r, v in rtf["run_seen"].items()}
     rt.forgotten_runs = {k: (int(v[0]), int(v[1])) for k, v in rtf["forgotten_runs"].items()}
     for j, (rec_len, acc, closed_at, requests) in enumerate(h["selections"]):
         opened = decode_record(take(rec_len))

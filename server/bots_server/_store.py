@@ -114,7 +114,9 @@ class Store(abc.ABC):
         selection_id: str,
         outcomes: Sequence[OutcomeIn],
         final: bool,
-    ) -> ReportAck: ...
+        run_id: str = "",
+    ) -> ReportAck:
+        """Adds evidence; ``run_id`` names the run of a standalone step."""
 
     @abc.abstractmethod
     def export_pool(self, name: str) -> PoolDump: ...

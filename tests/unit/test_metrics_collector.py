@@ -105,6 +105,7 @@ class FakeStore(Store):
         selection_id: str,
         outcomes: Sequence[OutcomeIn],
         final: bool,
+        run_id: str = "",
     ) -> ReportAck:
         self._check()
         return ReportAck(self.duplicate, SelectionState.APPLIED, 1, 1)

@@ -140,7 +140,7 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("name", "config", "task_count", "steps_applied", "open_selections", "last_effective_task_ratio", "rolling_effective_task_ratio", "capability", "tasks_with_references", "selections_opened", "selections_expired", "mean_posterior")
+    __slots__ = ("name", "config", "task_count", "steps_applied", "open_selections", "last_effective_task_ratio", "rolling_effective_task_ratio", "capability", "tasks_with_references", "selections_opened", "selections_expired", "mean_posterior", "runs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TASK_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class PoolInfo(_message.Message):
     SELECTIONS_OPENED_FIELD_NUMBER: _ClassVar[int]
     SELECTIONS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     MEAN_POSTERIOR_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     config: PoolConfig
     task_count: int
@@ -165,7 +166,28 @@ class PoolInfo(_message.Message):
     selections_opened: int
     selections_expired: int
     mean_posterior: float
-    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., task_count: _Optional[int] = ..., steps_applied: _Optional[int] = ..., open_selections: _Optional[int] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., capability: _Optional[float] = ..., tasks_with_references: _Optional[int] = ..., selections_opened: _Optional[int] = ..., selections_expired: _Optional[int] = ..., mean_posterior: _Optional[float] = ...) -> None: ...
+    runs: _containers.RepeatedCompositeFieldContainer[RunInfo]
+    def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., task_count: _Optional[int] = ..., steps_applied: _Optional[int] = ..., open_selections: _Optional[int] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., capability: _Optional[float] = ..., tasks_with_references: _Optional[int] = ..., selections_opened: _Optional[int] = ..., selections_expired: _Optional[int] = ..., mean_posterior: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("run_id", "first_seen", "last_seen", "steps", "capability", "last_effective_task_ratio", "rolling_effective_task_ratio", "active")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    LAST_EFFECTIVE_TASK_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ROLLING_EFFECTIVE_TASK_RATIO_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    first_seen: float
+    last_seen: float
+    steps: int
+    capability: float
+    last_effective_task_ratio: float
+    rolling_effective_task_ratio: float
+    active: bool
+    def __init__(self, run_id: _Optional[str] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., steps: _Optional[int] = ..., capability: _Optional[float] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., active: _Optional[bool] = ...) -> None: ...
 
 class SelectBatchRequest(_message.Message):
     __slots__ = ("pool", "batch_size", "run_id", "step", "expected_trials")
@@ -218,18 +240,20 @@ class Outcome(_message.Message):
     def __init__(self, task_key: _Optional[str] = ..., successes: _Optional[float] = ..., trials: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomesRequest(_message.Message):
-    __slots__ = ("pool", "request_id", "selection_id", "outcomes", "final")
+    __slots__ = ("pool", "request_id", "selection_id", "outcomes", "final", "run_id")
     POOL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     pool: str
     request_id: str
     selection_id: str
     outcomes: _containers.RepeatedCompositeFieldContainer[Outcome]
     final: bool
-    def __init__(self, pool: _Optional[str] = ..., request_id: _Optional[str] = ..., selection_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., final: _Optional[bool] = ...) -> None: ...
+    run_id: str
+    def __init__(self, pool: _Optional[str] = ..., request_id: _Optional[str] = ..., selection_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[Outcome, _Mapping]]] = ..., final: _Optional[bool] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomesResponse(_message.Message):
     __slots__ = ("duplicate", "selection_state", "steps_applied", "posterior_version")

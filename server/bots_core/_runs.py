@@ -1,0 +1,79 @@
+"""Several runs sharing one pool (docs/algorithm.md §8): who shares, and how far apart they are.
+
+A *run* is one training run that selects from the pool (its run id; "" for
+steps that name none). Two things change when K runs share a pool:
+
+* Forgetting is per run-step, not per pool step: K runs advancing side by
+  side make K steps of the pool per round of training, and the pool should
+  forget as much per round as a dedicated pool, not K times as much. Each
+  step therefore decays by ``(1 - lambda) ** (1 / K)`` and gives
+  ``rho * n / K`` implicit pseudo-counts, where K counts the runs with a
+  step among the pool's last ``ACTIVE_STEPS`` steps. With one run this is
+  exactly the paper's update.
+* Runs differ in strength. Each run has its own capability coefficient mu_r
+  (the same moving average as the pool's mu~, over its own batches). The
+  weak/strong interpolation is a one-dimensional model of a task's pass rate
+  as a function of ability, p_k(mu) = w_k + mu (g_k - w_k), so the pool's
+  posteriors are kept at the pool's mu~: a run's observed rate on a task with
+  reference rates is moved by ``(g_k - w_k) (mu~ - mu_r)`` before it counts,
+  and its draws are moved back by ``(g_k - w_k) (mu_r - mu~)`` before they are
+  compared with the target. Runs of the same strength (and single runs) are
+  not moved at all.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# A run counts as sharing the pool while one of its steps is among the pool's last
+# ACTIVE_STEPS steps (pool steps, all runs together).
+ACTIVE_STEPS = 256
+RUN_ETR_WINDOW = 100
+
+
+@dataclass
+class RunState:
+    """What the engine keeps of one run."""
+
+    capability: float = math.nan  # mu_r
+    steps: int = 0  # steps of this run applied
+    last_step: int = 0  # the pool's steps_applied right after this run's latest step
+    recent_etr: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=RUN_ETR_WINDOW)
+    )
+
+    @property
+    def last_etr(self) -> float:
+        return self.recent_etr[-1] if self.recent_etr else math.nan
+
+    @property
+    def rolling_etr(self) -> float:
+        return math.fsum(self.recent_etr) / len(self.recent_etr) if self.recent_etr else math.nan
+
+    def to_json(self) -> list[Any]:
+        cap = None if math.isnan(self.capability) else self.capability
+        return [cap, self.steps, self.last_step, list(self.recent_etr)]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> RunState:
+        cap, steps, last, etr = raw
+        run = cls(math.nan if cap is None else float(cap), int(steps), int(last))
+        run.recent_etr.extend(float(x) for x in etr)
+        return run
+
+
+def sharing(runs: dict[str, RunState], run: str, steps_applied: int) -> int:
+    """K: runs with a step among the last ACTIVE_STEPS pool steps, ``run`` included."""
+    floor = steps_applied - ACTIVE_STEPS
+    return 1 + sum(1 for r, s in runs.items() if r != run and s.steps and s.last_step > floor)
+
+
+def offset(pool_capability: float, run_capability: float) -> float | None:
+    """mu_r - mu~ when both are known and differ, else None (nothing to move)."""
+    if math.isnan(pool_capability) or math.isnan(run_capability):
+        return None
+    diff = run_capability - pool_capability
+    return diff if diff != 0.0 else None
