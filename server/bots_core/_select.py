@@ -102,7 +102,8 @@ def select_batch(
         keys = draws[1]
         pos = top_k(keys, batch_size, merge_rng)
     else:
-        pos = top_k(np.abs(draws[0] - target), batch_size, merge_rng)
+        goal = target if isinstance(target, (int, float)) else target[cand]
+        pos = top_k(np.abs(draws[0] - goal), batch_size, merge_rng)
     idx = cand[pos]
     sampled = draws[0][pos]
     if shift is not None:

@@ -70,7 +70,8 @@ def serial_replay(records: list[dict]) -> PoolState:
     state = PoolState("replay", PoolConfig())
     state.add_tasks(task_specs())
     for r in sorted(records, key=lambda r: r["version"]):
-        apply_step(state, aggregate(state, [(k, s, t) for k, (s, t) in r["evidence"].items()]))
+        evidence = aggregate(state, [(k, s, t) for k, (s, t) in r["evidence"].items()])
+        apply_step(state, evidence, run=r["run"])  # each trainer is a run of its own
     return state
 
 
@@ -79,6 +80,12 @@ def assert_service_matches_replay(target: str, pool: str, records: list[dict]) -
     with SelectorClient(target, timeout=30) as client:
         info = client.get_pool(pool)
         assert info.steps_applied == len(records)
+        # Every trainer is a run of the pool, with the steps and capability mu_r of the replay.
+        runs = {r.run_id: r for r in info.runs}
+        assert set(runs) == set(expected.runs)
+        for run_id, rs in expected.runs.items():
+            assert runs[run_id].steps == rs.steps
+            np.testing.assert_allclose(runs[run_id].capability, rs.capability, atol=1e-12)
         alpha, beta = {}, {}
         for _header, posteriors in client.export_posteriors(pool):
             for tp in posteriors:

@@ -83,7 +83,14 @@ def main() -> int:
         if version is None:
             print(f"step {step} never closed", file=sys.stderr)
             return 4
-        applied.append({"selection": sel.selection_id, "version": version, "evidence": evidence})
+        applied.append(
+            {
+                "selection": sel.selection_id,
+                "version": version,
+                "run": args.run,
+                "evidence": evidence,
+            }
+        )
     with open(args.out, "w") as f:
         json.dump({"applied": applied, "duplicates": duplicates}, f)
     for c in clients:

@@ -256,3 +256,34 @@ def test_delete_racing_select_and_report_is_never_internal(make_stub):
         for t in threads:
             t.join()
     assert codes <= {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION}, details
+
+
+# ------------------------------------------------------------- runs of a pool
+def test_get_pool_lists_the_runs_with_their_steps_and_capability(make_stub):
+    stub = make_stub(selection_retention_seconds=1)
+    stub.CreatePool(
+        pb.CreatePoolRequest(
+            name="p", tasks=[pb.Task(key=f"t{k}", weak=0.1, strong=0.7) for k in range(10)]
+        )
+    )
+    for run, wins in (("weak", 1.0), ("strong", 7.0), ("weak", 1.0)):
+        sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2, run_id=run))
+        outs = [(t.key, wins, 8.0) for t in sel.tasks]
+        report(stub, f"{run}-{sel.selection_id}", sel.selection_id, outs, final=True)
+    stub.ReportOutcomes(
+        pb.ReportOutcomesRequest(
+            pool="p", request_id="late", run_id="strong",
+            outcomes=[pb.Outcome(task_key="t1", successes=8, trials=8)],
+        )
+    )  # fmt: skip
+    info = stub.GetPool(pb.GetPoolRequest(pool="p")).pool
+    runs = {r.run_id: r for r in info.runs}
+    assert [r.run_id for r in info.runs] == ["strong", "weak"]  # busiest first, then by id
+    assert runs["weak"].steps == 2 and runs["strong"].steps == 2  # the standalone step counts
+    assert runs["weak"].capability == pytest.approx(0.0)  # rate 1/8 = weak + 0.04 * gap
+    assert runs["strong"].capability > 0.9
+    assert all(r.active and r.first_seen <= r.last_seen for r in info.runs)
+    assert runs["weak"].last_effective_task_ratio == 1.0
+    time.sleep(1.2)  # past the retention: a run that does nothing more ages out
+    report(stub, "later", "", [("t2", 1, 2)])
+    assert [r.run_id for r in stub.GetPool(pb.GetPoolRequest(pool="p")).pool.runs] == [""]

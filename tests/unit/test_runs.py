@@ -1,0 +1,125 @@
+"""Several runs sharing a pool: forgetting per run-step, per-run capability, moved evidence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from bots_core import (
+    ACTIVE_STEPS,
+    Evidence,
+    PoolConfig,
+    PoolState,
+    SelectionMode,
+    TaskSpec,
+    apply_step,
+    select_batch,
+)
+
+
+def pool(config: PoolConfig, n: int = 6, refs: bool = True) -> PoolState:
+    state = PoolState("p", config)
+    state.add_tasks(
+        [TaskSpec(f"t{k}", 0.1 * k, 0.1 * k + 0.4) if refs else TaskSpec(f"t{k}") for k in range(n)]
+    )
+    return state
+
+
+def ev(idx: list[int], s: list[float], t: float = 8.0) -> Evidence:
+    return Evidence(np.array(idx), np.array(s, dtype=float), np.full(len(idx), t))
+
+
+def test_one_named_run_is_exactly_the_papers_update():
+    cfg = PoolConfig()
+    anonymous, named = pool(cfg), pool(cfg)
+    for k in range(20):
+        e = ev([k % 6, (k + 1) % 6], [float(k % 9), float((k * 5) % 9)])
+        apply_step(anonymous, e)
+        apply_step(named, e, run="trainer-0")
+    assert np.array_equal(anonymous.alpha, named.alpha)
+    assert np.array_equal(anonymous.beta, named.beta)
+    assert anonymous.capability == named.capability == named.runs["trainer-0"].capability
+
+
+def test_k_runs_forget_per_round_as_much_as_one_dedicated_run():
+    cfg = PoolConfig(forgetting=0.2, implicit_weight=0.0)
+    dedicated, shared = pool(cfg, refs=False), pool(cfg, refs=False)
+    apply_step(dedicated, ev([0], [4.0]), run="a")
+    for run in ("a", "b", "c", "d"):  # the runs join (the first round counts fewer runs)
+        apply_step(shared, ev([0], [4.0]), run=run)
+    dedicated.alpha[5] = shared.alpha[5] = 9.0
+    for _ in range(3):  # rounds; task 5 is never evaluated
+        apply_step(dedicated, ev([0], [4.0]), run="a")
+        for run in ("a", "b", "c", "d"):
+            apply_step(shared, ev([0], [4.0]), run=run)
+    assert shared.runs["d"].steps == 4
+    assert math.isclose(shared.alpha[5], dedicated.alpha[5], rel_tol=1e-12)
+    assert math.isclose(dedicated.alpha[5], 1.0 + 8.0 * 0.8**3, rel_tol=1e-12)
+
+
+def test_k_runs_add_as_much_implicit_evidence_per_round_as_one_run():
+    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.5)
+    dedicated, shared = pool(cfg), pool(cfg)
+    e = ev([0, 1], [4.0, 4.0])
+    gains = []
+    for state, runs in ((dedicated, ("a",)), (shared, ("a", "b"))):
+        for run in runs:  # the runs join
+            apply_step(state, e, run=run)
+        before = state.alpha[4:] + state.beta[4:]
+        for run in runs:  # one round; same capability, so nothing is moved
+            apply_step(state, e, run=run)
+        gains.append(state.alpha[4:] + state.beta[4:] - before)
+    np.testing.assert_allclose(gains[1], gains[0], rtol=1e-12)
+    np.testing.assert_allclose(gains[0], 0.5 * 16)
+
+
+def test_runs_age_out_of_the_sharing_count():
+    cfg = PoolConfig(forgetting=0.1, implicit_weight=0.0)
+    state = pool(cfg, refs=False)
+    apply_step(state, ev([0], [1.0]), run="old")
+    for _ in range(ACTIVE_STEPS + 1):
+        apply_step(state, ev([0], [1.0]), run="new")
+    untouched = state.alpha[3]
+    apply_step(state, ev([0], [1.0]), run="new")
+    # Only "new" shares now: a full (1 - lambda) decay per step again.
+    assert math.isclose(state.alpha[3], 0.9 * untouched + 0.1, rel_tol=1e-12)
+
+
+def test_a_strong_runs_rates_are_moved_to_the_pools_capability():
+    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, momentum=0.0)
+    state = pool(cfg)
+    # The pool learns mu~ = 0 from run "weak" (rates = weak references), and run
+    # "strong" gets mu_r = 1 (rates = strong references).
+    apply_step(state, ev([0, 1, 2], [0.0, 0.8, 1.6]), run="weak")
+    apply_step(state, ev([3, 4, 5], [5.6, 6.4, 7.2]), run="strong")
+    assert state.runs["weak"].capability == pytest.approx(0.0)
+    assert state.runs["strong"].capability == pytest.approx(1.0)
+    assert state.capability == pytest.approx(1.0)  # the pool's mu~ follows every batch
+    # Now the pool sits at mu~ = 1; the weak run's observation of task 0 at rate 0
+    # counts as rate 0 + 0.4 * (1 - 0) = 0.4 at the pool's capability.
+    a0, b0 = state.alpha[0], state.beta[0]
+    apply_step(state, ev([0], [0.0]), run="weak")
+    assert state.alpha[0] - a0 == pytest.approx(0.4 * 8)
+    assert state.beta[0] - b0 == pytest.approx(0.6 * 8)
+
+
+def test_draws_are_moved_to_the_runs_capability_before_the_target():
+    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, momentum=0.5, mode=SelectionMode.GREEDY)
+    state = pool(cfg)
+    apply_step(state, ev([0, 1, 2], [0.0, 0.8, 1.6]), run="weak")  # mu = 0
+    apply_step(state, ev([3, 4, 5], [5.6, 6.4, 7.2]), run="strong")  # mu = 1
+    assert state.capability == pytest.approx(0.5)  # the pool's mu~ blends both
+    move = state.runs["strong"].capability - state.capability
+    assert move == pytest.approx(0.5)
+    picked = select_batch(state, 3, 0, "strong")
+    # For the strong run every task is easier by gap * (mu_r - mu~) = 0.4 * 0.5: the
+    # scores it is selected by are the moved ones.
+    moved = np.clip(state.posterior_mean()[picked.indices] + 0.4 * move, 0, 1)
+    np.testing.assert_allclose(picked.sampled, moved)
+    weak = select_batch(state, 3, 0, "weak")
+    np.testing.assert_allclose(
+        weak.sampled, np.clip(state.posterior_mean()[weak.indices] - 0.4 * 0.5, 0, 1)
+    )
+    same = select_batch(state, 3, 0, "someone-new")  # unknown run: the pool's own view
+    np.testing.assert_allclose(same.sampled, state.posterior_mean()[same.indices])
