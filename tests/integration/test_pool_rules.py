@@ -266,8 +266,8 @@ def test_get_pool_lists_the_runs_with_their_steps_and_capability(make_stub):
             name="p", tasks=[pb.Task(key=f"t{k}", weak=0.1, strong=0.7) for k in range(10)]
         )
     )
-    for run, wins in (("weak", 1.0), ("strong", 7.0), ("weak", 1.0)):
-        sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2, run_id=run))
+    for step, (run, wins) in enumerate((("weak", 1.0), ("strong", 7.0), ("weak", 1.0))):
+        sel = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2, run_id=run, step=step))
         outs = [(t.key, wins, 8.0) for t in sel.tasks]
         report(stub, f"{run}-{sel.selection_id}", sel.selection_id, outs, final=True)
     stub.ReportOutcomes(
@@ -280,7 +280,7 @@ def test_get_pool_lists_the_runs_with_their_steps_and_capability(make_stub):
     runs = {r.run_id: r for r in info.runs}
     assert [r.run_id for r in info.runs] == ["strong", "weak"]  # busiest first, then by id
     assert runs["weak"].steps == 2 and runs["strong"].steps == 2  # the standalone step counts
-    assert runs["weak"].capability == pytest.approx(0.0)  # rate 1/8 = weak + 0.04 * gap
+    assert runs["weak"].capability == pytest.approx(0.025 / 0.6)  # rate 1/8 = w + mu (g - w)
     assert runs["strong"].capability > 0.9
     assert all(r.active and r.first_seen <= r.last_seen for r in info.runs)
     assert runs["weak"].last_effective_task_ratio == 1.0
