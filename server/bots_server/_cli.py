@@ -13,6 +13,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,6 +68,10 @@ def pool_to_json(info: PoolInfo) -> dict[str, Any]:
     """A PoolInfo as a JSON-ready dict (NaN as null)."""
     out = dataclasses.asdict(info)
     out["config"] = info.config.to_dict()
+    out["runs"] = [
+        {k: none_if_nan(v) if isinstance(v, float) else v for k, v in run.items()}
+        for run in out["runs"]
+    ]
     return {k: none_if_nan(v) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -95,7 +100,26 @@ def format_pool(info: PoolInfo) -> str:
         ("mean posterior", _fmt(info.mean_posterior)),
         ("config", config),
     ]
-    return "\n".join(f"{k:<15} {v}" for k, v in rows)
+    lines = [f"{k:<15} {v}" for k, v in rows]
+    if info.runs:
+        lines.append(f"runs ({len(info.runs)})")
+        table = [("  RUN", "STEPS", "CAPABILITY", "ETR_LAST", "ETR_ROLLING", "ACTIVE", "LAST_SEEN")]
+        for r in info.runs:
+            seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.last_seen))
+            table.append(
+                (
+                    f"  {r.run_id or '(no run id)'}",
+                    str(r.steps),
+                    _fmt(r.capability),
+                    _fmt(r.last_effective_task_ratio),
+                    _fmt(r.rolling_effective_task_ratio),
+                    "yes" if r.active else "no",
+                    seen,
+                )
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines)
 
 
 def format_pool_table(pools: Sequence[PoolInfo]) -> str:

@@ -2,9 +2,9 @@
 
 Cardinality: one ``pool`` label value per pool, for at most ``max_pools``
 pools (the first ones by name); ``bots_pools_unexported`` says how many were
-left out. Each exported pool adds at most 29 series (13 of them the posterior-mean
-histogram), so the default of 50 pools costs at most 1,450 series per
-replica. A scrape reads every pool's statistics once (``Store.list_pools``),
+left out. Each exported pool adds at most 30 series (13 of them the posterior-mean
+histogram) plus 3 per run for its 16 busiest runs, so the default of 50 pools
+costs at most 3,900 series per replica. A scrape reads every pool's statistics once (``Store.list_pools``),
 which is a pass over each pool's posteriors: O(total tasks).
 """
 
@@ -28,6 +28,9 @@ from bots_server._model import POSTERIOR_MEAN_BUCKETS, PoolStats
 from bots_server._store import Store
 
 log = logging.getLogger(__name__)
+
+# Runs of one pool given their own series (the busiest ones); bounds the `run` label.
+MAX_RUNS_PER_POOL = 16
 
 
 class PoolCollector:
@@ -170,6 +173,21 @@ def pool_metrics(pools: Iterable[PoolStats]) -> Iterator[Metric]:
     pairs = GaugeMetricFamily(
         "bots_pool_estimator_pairs", "(p~, pass rate) pairs behind the estimator metrics.", labels=L
     )
+    R = ["pool", "run"]
+    run_steps = CounterMetricFamily(
+        "bots_pool_run_steps", "Steps of one run of the pool applied.", labels=R
+    )
+    run_capability = GaugeMetricFamily(
+        "bots_pool_run_capability", "A run's own capability coefficient mu_r.", labels=R
+    )
+    run_etr = GaugeMetricFamily(
+        "bots_pool_run_effective_task_ratio",
+        "A run's effective task ratio over its last 100 steps.",
+        labels=R,
+    )
+    run_active = GaugeMetricFamily(
+        "bots_pool_runs_active", "Runs sharing the pool now (a step among the last 256).", labels=L
+    )
 
     def put(family: GaugeMetricFamily, labels: list[str], value: float) -> None:
         if not math.isnan(value):
@@ -193,6 +211,12 @@ def pool_metrics(pools: Iterable[PoolStats]) -> Iterator[Metric]:
         put(pearson, n, p.estimator_pearson)
         put(auc, n, p.estimator_roc_auc)
         pairs.add_metric(n, p.estimator_pairs)
+        run_active.add_metric(n, float(sum(r.active for r in p.runs)))
+        for r in p.runs[:MAX_RUNS_PER_POOL]:
+            labels = [p.name, r.run_id]
+            run_steps.add_metric(labels, r.steps)
+            put(run_capability, labels, r.capability)
+            put(run_etr, labels, r.rolling_effective_task_ratio)
         if p.posterior_mean_counts:
             cumulative, buckets = 0, []
             for bound, count in zip(POSTERIOR_MEAN_BUCKETS, p.posterior_mean_counts, strict=True):
@@ -202,7 +226,7 @@ def pool_metrics(pools: Iterable[PoolStats]) -> Iterator[Metric]:
             total = 0.0 if math.isnan(p.mean_posterior) else p.mean_posterior * p.task_count
             hist.add_metric(n, buckets, total)
     yield from (tasks, refs, steps, opened, expired, open_now, etr, above, below, capability)
-    yield from (hist, pearson, auc, pairs)
+    yield from (hist, pearson, auc, pairs, run_steps, run_capability, run_etr, run_active)
 
 
 def _le(bound: float) -> str:

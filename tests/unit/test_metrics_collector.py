@@ -20,6 +20,7 @@ from bots_server._model import (
     OutcomeIn,
     PoolStats,
     ReportAck,
+    RunStats,
     SelectionState,
     SelectionView,
 )
@@ -215,7 +216,19 @@ def test_per_pool_series_are_bounded_by_max_pools(registry: CollectorRegistry) -
     assert value(registry, "bots_pools") == 30
     assert value(registry, "bots_pools_unexported") == 25
     per_pool = [line for line in text.splitlines() if 'pool="pool-000"' in line]
-    assert len(per_pool) <= 29
+    assert len(per_pool) <= 30
+
+
+def test_runs_of_a_pool_are_listed_busiest_first_and_bounded(registry: CollectorRegistry) -> None:
+    runs = tuple(
+        RunStats(f"run-{i:02d}", 0.0, 1.0, 40 - i, 0.1 * i, 0.5, 0.4, i < 3) for i in range(20)
+    )
+    ServerMetrics(FakeStore([dataclasses.replace(stats("a"), runs=runs)]), registry=registry)
+    got = scrape(registry)
+    steps = {dict(k[1])["run"]: v for k, v in got.items() if k[0] == "bots_pool_run_steps_total"}
+    assert steps == {f"run-{i:02d}": 40 - i for i in range(16)}  # the 16 busiest
+    assert got[("bots_pool_run_capability", (("pool", "a"), ("run", "run-02")))] == 0.2
+    assert got[("bots_pool_runs_active", (("pool", "a"),))] == 3
 
 
 def test_an_unreachable_store_gives_store_up_zero_and_no_pool_series(
