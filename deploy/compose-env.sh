@@ -1,7 +1,7 @@
 #!/bin/sh
 # Writes the secrets docker-compose.yml needs into an env file (default .env, which
 # `docker compose` reads and git ignores): random passwords for Redis (the selector's
-# user and the operators' user) and for Grafana's admin. Keeps an existing file, so the Redis volume's password never changes
+# user and the admin, Redis's default user) and for Grafana's admin. Keeps an existing file, so the Redis volume's password never changes
 # under it. Usage: sh deploy/compose-env.sh [FILE]   (or `make compose-env`)
 set -eu
 file=${1:-.env}
