@@ -93,6 +93,11 @@ cleanup() {
     return
   fi
   step "cleanup"
+  if [ "$STACK_UP" = 1 ] && [ "$rc" != 0 ]; then
+    note "failed: the stack as it was, and the last log lines of each service"
+    compose ps -a --format '  {{.Name}}  {{.Status}}'
+    compose logs --no-color --tail 25 2>&1 | sed 's/^/  /'
+  fi
   if [ "$STACK_UP" = 1 ]; then
     compose down -v --remove-orphans --timeout 20 2>&1 | tail -3
     STACK_UP=0
@@ -253,6 +258,11 @@ noauth=$(compose exec -T redis redis-cli ping 2>&1 || true)
 note "redis-cli ping without a password: $noauth"
 case $noauth in *NOAUTH* | *WRONGPASS* | *"Authentication required"*) ;; *) exit 1 ;; esac
 note "with the password (ACL user bots): $(redis_cli ping)"
+denied=$(redis_cli CONFIG GET appendonly 2>&1 || true)
+note "user bots, CONFIG GET appendonly: $denied"
+case $denied in *NOPERM*) ;; *) echo "the selector's Redis user may run admin commands" >&2; exit 1 ;; esac
+admin_cli() { compose exec -T redis sh -c "REDISCLI_AUTH=\"\$REDIS_ADMIN_PASSWORD\" redis-cli --no-auth-warning $*"; }
+note "user default (BOTS_REDIS_ADMIN_PASSWORD), CONFIG GET appendonly: $(admin_cli CONFIG GET appendonly | tr '\n' ' ')"
 note "selector log, effective Redis URL: $(compose logs selector 2>&1 | grep -o "'redis_url': '[^']*'" | sort -u | sed -n 1p)"
 if compose logs selector 2>&1 | grep -qF "$(grep BOTS_REDIS_PASSWORD "$WORK/compose.env" | cut -d= -f2)"; then
   echo "the Redis password appears in a selector log" >&2

@@ -141,7 +141,9 @@ def cmd_prometheus(args: argparse.Namespace) -> None:
 
     up = wait_for(f"{n} selector targets up", targets_up)
     for target in up:
-        say(f"  {target['labels']['instance']}: {target['health']}, last scrape {target['lastScrape'][:19]}")
+        say(
+            f"  {target['labels']['instance']}: {target['health']}, last scrape {target['lastScrape'][:19]}"
+        )
 
     expected = {r["alert"] for g in yaml.safe_load(Path(args.rules).read_text())["groups"] for r in g["rules"]}  # fmt: skip
     groups = prom(base, "/api/v1/rules")["groups"]
@@ -152,7 +154,9 @@ def cmd_prometheus(args: argparse.Namespace) -> None:
     if bad:
         fail(f"unhealthy rules: {bad}")
     firing = [r["name"] for g in groups for r in g["rules"] if r.get("state") == "firing"]
-    say(f"{len(loaded)} alert rules loaded from {args.rules}, all healthy; firing: {firing or 'none'}")
+    say(
+        f"{len(loaded)} alert rules loaded from {args.rules}, all healthy; firing: {firing or 'none'}"
+    )
 
     query = "sum by (instance, method) (bots_rpc_handled_total)"
 
@@ -191,9 +195,7 @@ def cmd_load(args: argparse.Namespace) -> None:
                 try:
                     sel = client.select_batch("compose-load", 16, run_id="load", step=step)
                     outcomes = [(t.key, rng.randint(0, 16), 16) for t in sel.tasks]
-                    client.report_outcomes(
-                        "compose-load", outcomes, selection_id=sel.selection_id
-                    )
+                    client.report_outcomes("compose-load", outcomes, selection_id=sel.selection_id)
                     counts["after" if killed_at else "before"] += 1
                 except Exception as exc:  # every failure is a finding here
                     errors.append(f"step {step}: {type(exc).__name__}: {exc}")
