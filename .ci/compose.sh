@@ -293,6 +293,21 @@ note "AOF on the volume: $(compose exec -T redis sh -c 'ls /data/appendonlydir' 
 [ "$EPOCH_BEFORE" = "$EPOCH_AFTER" ] || { echo "the Redis epoch changed: data was lost" >&2; exit 1; }
 "${CHECKS[@]}" snapshot --compare "$WORK/before.json"
 
+step "token auth: deploy/compose.tokens.yml, as docs/operations.md shows it"
+TOKEN=$("$PY" -c 'import secrets; print(secrets.token_hex(32))')
+printf '%s write\n' "$TOKEN" >"$WORK/bots-tokens.txt"
+chmod 644 "$WORK/bots-tokens.txt" # the selector runs as uid 10001
+echo "BOTS_TOKENS_FILE=$WORK/bots-tokens.txt" >>"$WORK/compose.env"
+compose -f docker-compose.yml -f deploy/compose.tokens.yml up -d --no-build --pull never \
+  --wait --wait-timeout 120 2>&1 | tail -n 2 | sed 's/^/  /'
+for port in "$SEL_PORT" "$((SEL_PORT + 1))"; do
+  denied=$("$PY" -m bots_server pool list --target "127.0.0.1:$port" 2>&1 || true)
+  note "127.0.0.1:$port, bots pool list without a token: $denied"
+  case $denied in *"pass --token TOKEN or set BOTS_TOKEN"*) ;; *) exit 1 ;; esac
+  note "127.0.0.1:$port, with --token: $("$PY" -m bots_server pool list --target "127.0.0.1:$port" \
+    --token "$TOKEN" | awk 'NR > 1 {print $1}' | tr '\n' ' ')"
+done
+
 step "docker compose down -v"
 compose down -v --remove-orphans --timeout 20 2>&1 | tail -n 4 | sed 's/^/  /'
 STACK_UP=0

@@ -550,5 +550,5 @@ def test_ci_runs_the_compose_stack_and_renders_the_k8s_manifests() -> None:
     assert "bash .ci/compose.sh" in ci
     script = (ROOT / ".ci" / "compose.sh").read_text()
     for needed in ("kubectl\" kustomize deploy/k8s", "kubernetes-validate", "up -d --no-build",
-                   "--wait", "down -v", "compose_checks.py"):  # fmt: skip
+                   "--wait", "down -v", "compose_checks.py", "deploy/compose.tokens.yml"):  # fmt: skip
         assert needed in script, needed
