@@ -2,7 +2,7 @@
 PY ?= python
 PROTO_SRC := proto/bots_api/v1/selector.proto
 
-.PHONY: help proto proto-check lint format typecheck test bench
+.PHONY: help proto proto-check lint format typecheck test bench compose-env
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,8 +24,11 @@ format: ## apply ruff formatting
 typecheck: ## mypy strict on client, core and server
 	$(PY) -m mypy
 
-test: ## the whole test suite
-	$(PY) -m pytest -q
+test: ## the whole test suite (or TESTS="tests/unit -k name")
+	$(PY) -m pytest -q $(TESTS)
 
 bench: ## engine + gRPC benchmark table
 	$(PY) bench/bench_selector.py
+
+compose-env: ## write .env with random passwords for docker-compose.yml (kept if it exists)
+	sh deploy/compose-env.sh .env

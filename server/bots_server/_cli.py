@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -150,9 +151,34 @@ def _print_json(obj: Any) -> None:
 # --- commands ------------------------------------------------------------------
 
 
+# gRPC target schemes that do not take the host:port form (e.g. dns:///host:port).
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+_EXAMPLE_TARGET = "127.0.0.1:50051"
+
+
+def check_target(target: str) -> str:
+    """``target`` if gRPC can use it as written; a UsageError saying what is expected if not."""
+    url = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", target)
+    if url and url.group(1).lower() in ("http", "https", "grpc", "grpcs"):
+        bare = url.group(2).split("/", 1)[0] or _EXAMPLE_TARGET
+        tls = " (and --ca-file for TLS)" if url.group(1).lower() in ("https", "grpcs") else ""
+        raise UsageError(f"--target expects host:port, not a URL: use --target {bare}{tls}")
+    if target.startswith(_TARGET_SCHEMES):
+        return target
+    host, sep, port = target.rpartition(":")
+    if target.startswith("[") and not host.endswith("]"):  # [::1] without a port
+        sep = ""
+    if not sep or not host or not port.isdigit():
+        raise UsageError(
+            f"--target {target!r} has no port: expected host:port, e.g. "
+            f"{(target.rstrip(':') or '127.0.0.1')}:50051"
+        )
+    return target
+
+
 def _client(args: argparse.Namespace) -> SelectorClient:
     return SelectorClient(
-        args.target,
+        check_target(args.target),
         timeout=args.timeout or DEFAULT_TIMEOUT_S,
         token=_token(args),
         root_certificates=_root_certificates(args),
@@ -218,10 +244,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     timeout = args.timeout or DEFAULT_TIMEOUT_S
     roots = _root_certificates(args)
+    target = check_target(args.target)
     channel = (
-        grpc.secure_channel(args.target, grpc.ssl_channel_credentials(roots))
+        grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
         if roots is not None
-        else grpc.insecure_channel(args.target)
+        else grpc.insecure_channel(target)
     )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -249,8 +276,19 @@ def cmd_pool_create(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(pool_to_json(info))
     else:
-        print(f"pool {info.name!r}: {added} new tasks added, {info.task_count} tasks in total")
+        print(_added_line(info, added))
     return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _added_line(info: PoolInfo, added: int) -> str:
+    return (
+        f"pool {info.name!r}: {_plural(added, 'new task')} added, "
+        f"{_plural(info.task_count, 'task')} in total"
+    )
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
@@ -258,7 +296,7 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
     with _client(args) as client:
         added = _upload(args, client, tasks)
         info = client.get_pool(args.name)
-    print(f"pool {info.name!r}: {added} new tasks added, {info.task_count} tasks in total")
+    print(_added_line(info, added))
     return 0
 
 
@@ -318,7 +356,7 @@ def cmd_pool_export(args: argparse.Namespace) -> int:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    print(f"exported pool {args.name!r}: {count} tasks to {args.out}")
+    print(f"exported pool {args.name!r}: {_plural(count, 'task')} to {args.out}")
     return 0
 
 
@@ -350,7 +388,7 @@ def cmd_pool_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise UsageError(f"{args.file}: not UTF-8 text ({exc.reason})") from None
-    print(f"imported pool {info.name!r}: {info.task_count} tasks")
+    print(f"imported pool {info.name!r}: {_plural(info.task_count, 'task')}")
     return 0
 
 
@@ -397,10 +435,38 @@ def _rpc_failure(args: argparse.Namespace, code: grpc.StatusCode | None, details
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         timeout = args.timeout or DEFAULT_TIMEOUT_S
         return CliError(f"server {target} did not answer within {timeout:g}s (DEADLINE_EXCEEDED)")
-    if code == grpc.StatusCode.NOT_FOUND and getattr(args, "name", None) and not details:
-        return CliError(f"pool {args.name!r} not found")
-    name = code.name if code is not None else "UNKNOWN"
-    return CliError(details or f"request failed ({name})")
+    name = getattr(args, "name", None)
+    if code == grpc.StatusCode.NOT_FOUND and name and (not details or "pool" in details):
+        return CliError((details or f"pool {name!r} not found") + _near_pools(args, name))
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        if _token(args) is None:
+            return CliError(
+                f"{details or 'UNAUTHENTICATED'}; this server wants a token: "
+                "pass --token TOKEN or set BOTS_TOKEN"
+            )
+        return CliError(f"{details or 'UNAUTHENTICATED'}: the server does not accept this token")
+    if (
+        code == grpc.StatusCode.ALREADY_EXISTS
+        and getattr(args, "func", None) is cmd_pool_import
+        and "already exists" in details
+    ):
+        return CliError(f"{details}; import it under another name with --name NEW_NAME")
+    label = code.name if code is not None else "UNKNOWN"
+    return CliError(details or f"request failed ({label})")
+
+
+def _near_pools(args: argparse.Namespace, name: str) -> str:
+    """'; did you mean ...' with the server's pool names closest to ``name``, if any."""
+    try:
+        with SelectorClient(check_target(args.target), timeout=3.0, token=_token(args),
+                            root_certificates=_root_certificates(args)) as client:  # fmt: skip
+            names = [p.name for p in client.list_pools()]
+    except (BotsError, CliError):
+        return ""
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    if not near:
+        return "; `bots pool list` shows the pools" if names else "; the server has no pools"
+    return "; did you mean " + " or ".join(repr(n) for n in near) + "?"
 
 
 # --- parser --------------------------------------------------------------------

@@ -16,7 +16,9 @@ from bots_server._settings import ServerSettings
 def running_server(tmp_path: Path) -> Iterator[Any]:
     """A started server with its own embedded store in a temp dir; stopped afterwards."""
     data_dir = tmp_path / "bots-data"
-    server = start_server(ServerSettings(host="127.0.0.1", port=0, data_dir=str(data_dir)))
+    server = start_server(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=0, data_dir=str(data_dir))
+    )
     try:
         yield server
     finally:

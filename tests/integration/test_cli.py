@@ -107,7 +107,7 @@ def test_create_show_export_import_round_trip(target: str, tmp_path: Path) -> No
     assert deleted.returncode == 0 and "deleted pool 'math'" in deleted.stdout
     missing = bots("pool", "show", "math", target=target)
     assert missing.returncode == 1
-    assert missing.stderr == "error: pool 'math' not found\n"
+    assert missing.stderr == "error: pool 'math' not found; did you mean 'math-copy'?\n"
 
 
 def test_create_with_a_conflicting_config_is_a_one_line_error(target: str) -> None:
@@ -162,6 +162,7 @@ def test_hung_server_reports_the_deadline(silent_target: str) -> None:
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTS_")}
     env["BOTS_GRACE_SECONDS"] = "1"  # from the environment; flags below win over it
+    env["BOTS_METRICS_PORT"] = "0"  # 9464 may be taken by a `bots serve` outside the tests
     proc = subprocess.Popen(
         [sys.executable, "-m", "bots_server", "serve", "--port", "0",
          "--data-dir", str(tmp_path / "data"), "--no-fsync", "--log-level", "info"],
@@ -196,3 +197,102 @@ def test_serve_rejects_a_bad_environment_value() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr == "error: BOTS_PORT='many' is not a valid int\n"
+
+
+# --- hints: errors that say what to do next ----------------------------------------
+
+
+def test_an_unknown_pool_suggests_the_closest_names(target: str, tmp_path: Path) -> None:
+    with SelectorClient(target) as client:
+        client.create_pool("math-easy", ["a"])
+        client.create_pool("math-hard", ["a"])
+        client.create_pool("poetry", ["a"])
+    result = bots("pool", "show", "math-esy", target=target)
+    assert result.returncode == 1
+    assert result.stderr == "error: pool 'math-esy' not found; did you mean 'math-easy'?\n"
+    two = bots("pool", "show", "math-eazy", target=target)
+    assert two.stderr == (
+        "error: pool 'math-eazy' not found; did you mean 'math-easy' or 'math-hard'?\n"
+    )
+    far = bots("pool", "delete", "zzz", target=target)
+    assert far.stderr == "error: pool 'zzz' not found; `bots pool list` shows the pools\n"
+
+
+def test_an_unknown_pool_on_an_empty_server_says_so(target: str) -> None:
+    result = bots("pool", "show", "quickstart", target=target)
+    assert result.stderr == "error: pool 'quickstart' not found; the server has no pools\n"
+
+
+def test_importing_over_an_existing_pool_names_the_name_option(target: str, tmp_path: Path) -> None:
+    with SelectorClient(target) as client:
+        client.create_pool("math", ["q1", "q2"])
+    out = tmp_path / "math.jsonl"
+    assert bots("pool", "export", "math", "--out", str(out), target=target).returncode == 0
+    result = bots("pool", "import", str(out), target=target)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: pool 'math' already exists; import it under another name with --name NEW_NAME\n"
+    )
+    renamed = bots("pool", "import", str(out), "--name", "math-2", target=target)
+    assert renamed.stdout == "imported pool 'math-2': 2 tasks\n"
+
+
+def test_counts_of_one_are_singular(target: str, tmp_path: Path) -> None:
+    tasks = tmp_path / "one.jsonl"
+    tasks.write_text('{"key": "only"}\n', encoding="utf-8")
+    created = bots("pool", "create", "solo", "--tasks", str(tasks), target=target)
+    assert created.stdout == "pool 'solo': 1 new task added, 1 task in total\n"
+    out = tmp_path / "solo.jsonl"
+    exported = bots("pool", "export", "solo", "--out", str(out), target=target)
+    assert exported.stdout == f"exported pool 'solo': 1 task to {out}\n"
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("localhost", "--target 'localhost' has no port: expected host:port, e.g. localhost:50051"),
+        ("[::1]", "--target '[::1]' has no port: expected host:port, e.g. [::1]:50051"),
+        ("http://10.0.0.5:50051", "--target expects host:port, not a URL: use --target 10.0.0.5:50051"),
+        (
+            "https://bots.example:443/",
+            "--target expects host:port, not a URL: use --target bots.example:443 "
+            "(and --ca-file for TLS)",
+        ),
+    ],
+)  # fmt: skip
+def test_a_target_without_port_or_with_a_url_scheme_says_what_is_expected(
+    given: str, hint: str
+) -> None:
+    for command in (["pool", "list"], ["check"]):
+        result = bots(*command, "--target", given)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"error: {hint}\n"
+
+
+def test_grpc_target_schemes_are_left_to_grpc(target: str) -> None:
+    result = bots("check", "--target", f"ipv4:{target}")
+    assert result.stdout.strip() == "SERVING"
+
+
+def test_a_missing_token_names_the_option_and_the_variable(tmp_path: Path) -> None:
+    from bots_server._app import start_server
+    from bots_server._settings import ServerSettings
+
+    token = "t" * 32
+    server = start_server(
+        ServerSettings(host="127.0.0.1", port=0, metrics_port=-1, data_dir=str(tmp_path / "d"),
+                       auth_token=token)
+    )  # fmt: skip
+    try:
+        missing = bots("pool", "list", target=server.address)
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("error: missing bearer token")
+        assert missing.stderr.endswith(
+            "; this server wants a token: pass --token TOKEN or set BOTS_TOKEN\n"
+        )
+        wrong = bots("pool", "list", "--token", "w" * 32, target=server.address)
+        assert wrong.stderr == "error: invalid token: the server does not accept this token\n"
+        ok = bots("pool", "list", "--token", token, target=server.address)
+        assert ok.returncode == 0, ok.stderr
+    finally:
+        server.stop(grace=0)

@@ -1,7 +1,9 @@
-"""Static checks of the deployment files (no Docker engine or cluster runs in CI).
+"""Static checks of the deployment files, fast and without Docker.
 
 docker-compose.yml, deploy/Dockerfile, deploy/k8s/*.yaml, the Prometheus, alert and
 Grafana files: parsed, and their wiring checked against each other and the repository.
+CI also runs them for real (.ci/compose.sh: the compose stack on a Docker engine, the
+k8s manifests rendered by kubectl and validated against the Kubernetes schemas).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import json
 import re
 import shlex
+import urllib.parse
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -89,7 +92,8 @@ def test_image_healthcheck_uses_bots_check_on_the_grpc_port() -> None:
         for pair in shlex.split(arg)
     )
     assert port == int(env["BOTS_PORT"])
-    assert set(env) - {"PYTHONUNBUFFERED"} <= SETTING_VARS
+    assert set(env) - {"PYTHONUNBUFFERED", "PATH"} <= SETTING_VARS
+    assert env["PATH"].startswith("/opt/bots/bin:")  # where the venv put `bots`
 
 
 def test_image_entrypoint_is_tini_running_bots() -> None:
@@ -98,6 +102,25 @@ def test_image_entrypoint_is_tini_running_bots() -> None:
     assert any("tini" in arg for word, arg in final_stage() if word == "RUN")
     exposed = {int(p) for word, arg in final_stage() if word == "EXPOSE" for p in arg.split()}
     assert exposed == {DEFAULTS.port, DEFAULTS.metrics_port}
+
+
+def test_image_base_is_a_build_argument_defaulting_to_python_slim() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    # A `# syntax=` line makes BuildKit fetch a frontend from a registry: no offline build.
+    assert not re.search(r"^#\s*syntax=", text, re.M)
+    steps = dockerfile()
+    first_from = next(i for i, (w, _) in enumerate(steps) if w == "FROM")
+    args = dict(a.split("=", 1) for w, a in steps[:first_from] if w == "ARG")
+    assert args["BASE_IMAGE"] == "python:3.11-slim"
+    froms = [a.split()[0] for w, a in steps if w == "FROM"]
+    assert froms == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("name", ["redis", "prometheus"])
+def test_local_images_take_the_same_base_argument(name: str) -> None:
+    text = (DEPLOY / "local" / f"{name}.Dockerfile").read_text()
+    assert "ARG BASE_IMAGE" in text and "FROM ${BASE_IMAGE}" in text
+    assert "\nUSER " in text  # never root, like the official images
 
 
 def test_image_copies_only_paths_that_exist() -> None:
@@ -115,11 +138,35 @@ def compose() -> dict[str, Any]:
     return load(ROOT / "docker-compose.yml")  # type: ignore[no-any-return]
 
 
-def env_of(service: dict[str, Any]) -> dict[str, str]:
-    env = service.get("environment", {})
-    if isinstance(env, list):
-        env = dict(e.split("=", 1) for e in env)
-    return {k: str(v) for k, v in env.items()}
+# What `make compose-env` (deploy/compose-env.sh) puts into .env.
+COMPOSE_ENV = {"BOTS_REDIS_PASSWORD": "0123abcd" * 6, "GRAFANA_ADMIN_PASSWORD": "f" * 48}
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` substitution."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(:-|:\?)?([^}]*)\}", sub, value)
+
+
+def env_of(service: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
+    values = service.get("environment", {})
+    if isinstance(values, list):
+        values = dict(e.split("=", 1) for e in values)
+    return {k: interpolate(str(v), COMPOSE_ENV if env is None else env) for k, v in values.items()}
+
+
+def published(service: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    return [
+        interpolate(str(p), COMPOSE_ENV if env is None else env) for p in service.get("ports", [])
+    ]
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -153,13 +200,87 @@ def test_compose_bind_mounts_exist_and_named_volumes_are_declared(compose: dict[
 
 def test_compose_redis_uses_the_repo_config_with_aof_on_a_volume(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
-    conf_path = redis["command"][-1]
+    assert redis["command"] == ["sh", "/usr/local/etc/redis/start.sh"]
+    assert mounts(redis)["/usr/local/etc/redis/start.sh"] == "./deploy/redis-start.sh"
+    conf_path = env_of(redis)["REDIS_CONF"]
     assert mounts(redis)[conf_path] == "./deploy/redis.conf"
     conf = redis_directives((DEPLOY / "redis.conf").read_text())
     assert conf["appendonly"] == "yes"
     assert conf["maxmemory-policy"] == "noeviction"
     assert mounts(redis)[conf["dir"]] in compose["volumes"]  # AOF lands on the named volume
-    assert "redis-cli" in redis["healthcheck"]["test"]
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    assert redis["user"] == "redis"
+
+
+def test_redis_requires_a_password_and_is_reachable_only_on_the_backend_network(
+    compose: dict[str, Any],
+) -> None:
+    redis = compose["services"]["redis"]
+    assert "ports" not in redis  # never published on the host
+    assert redis["networks"] == ["backend"]
+    assert compose["networks"]["backend"]["internal"] is True
+    joined = [n for n, s in compose["services"].items() if "backend" in s.get("networks", [])]
+    assert sorted(joined) == ["redis", "selector"]
+    conf = redis_directives((DEPLOY / "redis.conf").read_text())
+    assert conf["protected-mode"] == "yes"
+    start = (DEPLOY / "redis-start.sh").read_text()
+    # No password-less access at all; the default user keeps +@all, or Redis 7.0's
+    # AOF replay of MULTI/EXEC fails on restart (found by .ci/compose.sh).
+    default = next(line for line in start.splitlines() if "user default" in line)
+    assert "resetpass" in default and "nopass" not in default.replace("resetpass", "")
+    assert "+@all" in default and "-@" not in default
+    assert "--aclfile" in start and "REDIS_PASSWORD" in start
+    # The password comes from the environment (.env), never from the compose file.
+    assert env_of(redis)["REDIS_PASSWORD"] == COMPOSE_ENV["BOTS_REDIS_PASSWORD"]
+    with pytest.raises(KeyError, match="make compose-env"):
+        env_of(redis, {})
+
+
+def test_compose_publishes_on_loopback_unless_told_otherwise(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("selector", "prometheus", "grafana"):
+        ports = published(services[name])
+        assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+        exposed = published(services[name], {**COMPOSE_ENV, "BOTS_BIND_ADDRESS": "0.0.0.0"})
+        assert all(p.startswith("0.0.0.0:") for p in exposed), (name, exposed)
+    assert published(services["selector"]) == ["127.0.0.1:50051-50052:50051"]
+    moved = published(services["selector"], {**COMPOSE_ENV, "BOTS_SELECTOR_PORTS": "7000-7001"})
+    assert moved == ["127.0.0.1:7000-7001:50051"]
+
+
+def test_compose_images_default_to_the_public_ones_and_can_be_replaced(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    defaults = {n: interpolate(s["image"], {}) for n, s in services.items()}
+    assert defaults == {
+        "redis": "redis:7.4-alpine",
+        "selector": "bots-selector:latest",
+        "prometheus": "prom/prometheus:v2.53.0",
+        "grafana": "grafana/grafana:11.1.0",
+    }
+    local = {"BOTS_REDIS_IMAGE": "r:local", "BOTS_PROMETHEUS_IMAGE": "p:local"}
+    assert interpolate(services["redis"]["image"], local) == "r:local"
+    assert interpolate(services["prometheus"]["image"], local) == "p:local"
+    base = services["selector"]["build"]["args"]["BASE_IMAGE"]
+    assert interpolate(base, {}) == "python:3.11-slim"
+
+
+def test_grafana_is_opt_in_and_needs_a_login(compose: dict[str, Any]) -> None:
+    graf = compose["services"]["grafana"]
+    assert graf["profiles"] == ["grafana"]
+    env = env_of(graf)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == COMPOSE_ENV["GRAFANA_ADMIN_PASSWORD"]
+
+
+def test_compose_token_override_points_the_selector_at_the_mounted_secret() -> None:
+    override = load(DEPLOY / "compose.tokens.yml")
+    sel = override["services"]["selector"]
+    path = sel["environment"]["BOTS_AUTH_TOKENS_FILE"]
+    (secret,) = sel["secrets"]
+    assert path == f"/run/secrets/{secret}"
+    assert secret in override["secrets"]
 
 
 def test_compose_selector_wiring(compose: dict[str, Any]) -> None:
@@ -168,12 +289,15 @@ def test_compose_selector_wiring(compose: dict[str, Any]) -> None:
     assert set(env) <= SETTING_VARS
     settings = ServerSettings.from_env(env)  # every value parses
     assert settings.host == "0.0.0.0"
-    assert settings.redis_url.split("//")[1].split(":")[0] == "redis"
+    url = urllib.parse.urlsplit(settings.redis_url)
+    assert (url.hostname, url.username) == ("redis", "bots")  # the ACL user of redis-start.sh
+    assert url.password == COMPOSE_ENV["BOTS_REDIS_PASSWORD"]
+    assert "backend" in sel["networks"]
     assert sel["depends_on"]["redis"]["condition"] == "service_healthy"
     test = sel["healthcheck"]["test"]
     assert test[:3] == ["CMD", "bots", "check"]
     assert int(test[test.index("--target") + 1].rsplit(":", 1)[1]) == settings.port
-    assert all(p.endswith(f":{settings.port}") for p in sel["ports"])
+    assert all(p.endswith(f":{settings.port}") for p in published(sel))
     assert str(settings.metrics_port) in [str(p) for p in sel.get("expose", [])]
     grace = float(sel["stop_grace_period"].rstrip("s"))
     assert grace > settings.grace_seconds
@@ -214,7 +338,7 @@ def test_compose_grafana_provisions_the_datasource_and_dashboard(compose: dict[s
     assert home == f"{dash_dir}/bots-selector.json"
     sources = load(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")["datasources"]
     assert sources[0]["url"] == "http://prometheus:9090"
-    assert "9090:9090" in compose["services"]["prometheus"]["ports"]
+    assert published(compose["services"]["prometheus"]) == ["127.0.0.1:9090:9090"]
     dashboard = json.loads((DEPLOY / "grafana/dashboards/bots-selector.json").read_text())
     uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert uids == {sources[0]["uid"]}
@@ -331,9 +455,9 @@ def test_k8s_selector_runs_non_root_with_the_token_secret_mounted(
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     secret = k8s[("Secret", volume["secret"]["secretName"])]
     assert Path(config["BOTS_AUTH_TOKENS_FILE"]).name in secret["stringData"]
-    redis_ref = next(e for e in container["env"] if e["name"] == "BOTS_REDIS_URL")
-    ref = redis_ref["valueFrom"]["secretKeyRef"]
-    assert ref["optional"] is True and ref["key"] in k8s[("Secret", ref["name"])]["stringData"]
+    password = next(e for e in container["env"] if e["name"] == "REDIS_PASSWORD")
+    ref = password["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in k8s[("Secret", ref["name"])]["stringData"]
 
 
 def test_k8s_service_is_headless_and_targets_the_selector_pods(
@@ -351,24 +475,66 @@ def test_k8s_service_is_headless_and_targets_the_selector_pods(
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
+def selector_env(k8s: dict[tuple[str, str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (container,) = pod_spec(k8s[("Deployment", "bots-selector")])["containers"]
+    return {e["name"]: e for e in container["env"]}
+
+
 def test_k8s_in_cluster_redis_matches_the_selector_url_and_repo_config(
     k8s: dict[tuple[str, str], dict[str, Any]],
 ) -> None:
-    config = k8s[("ConfigMap", "bots-selector-config")]["data"]
-    host = config["BOTS_REDIS_URL"].split("//")[1].split(":")[0]
+    env = selector_env(k8s)
+    # Kubernetes expands $(REDIS_PASSWORD) from the variable defined before it.
+    names = list(env)
+    assert names.index("REDIS_PASSWORD") < names.index("BOTS_REDIS_URL")
+    assert names.index("BOTS_REDIS_URL") == 1  # the external-Redis patch in docs/operations.md
+    assert "/containers/0/env/1/value" in (ROOT / "docs" / "operations.md").read_text()
+    url = urllib.parse.urlsplit(env["BOTS_REDIS_URL"]["value"])
+    assert (url.username, url.password) == ("bots", "$(REDIS_PASSWORD)")
+    assert "BOTS_REDIS_URL" not in k8s[("ConfigMap", "bots-selector-config")]["data"]
+    host = url.hostname
     svc = k8s[("Service", host)]
     sts = k8s[("StatefulSet", host)]
     assert svc["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
     (container,) = pod_spec(sts)["containers"]
-    conf_file = container["args"][-1]
+    redis_env = {e["name"]: e for e in container["env"]}
+    # Redis and the selector read the password from the same Secret key.
+    assert redis_env["REDIS_PASSWORD"]["valueFrom"] == env["REDIS_PASSWORD"]["valueFrom"]
+    start_file = container["command"][-1]
+    conf_file = redis_env["REDIS_CONF"]["value"]
     mount = next(m for m in container["volumeMounts"] if conf_file.startswith(m["mountPath"]))
+    assert start_file.startswith(mount["mountPath"])
     volume = next(v for v in pod_spec(sts)["volumes"] if v["name"] == mount["name"])
-    inline = k8s[("ConfigMap", volume["configMap"]["name"])]["data"][Path(conf_file).name]
+    data = k8s[("ConfigMap", volume["configMap"]["name"])]["data"]
+    inline = data[Path(conf_file).name]
     assert redis_directives(inline) == redis_directives((DEPLOY / "redis.conf").read_text())
+    assert data[Path(start_file).name] == (DEPLOY / "redis-start.sh").read_text()
     data_mount = next(m for m in container["volumeMounts"] if m["name"] == "data")
     assert data_mount["mountPath"] == redis_directives(inline)["dir"]
     claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
     assert "data" in claims
+
+
+def test_k8s_network_policy_lets_only_the_selector_reach_redis(
+    k8s: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    sts = k8s[("StatefulSet", "bots-redis")]
+    policy = k8s[("NetworkPolicy", "bots-redis")]["spec"]
+    redis_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    selector_labels = k8s[("Deployment", "bots-selector")]["spec"]["template"]["metadata"]
+    assert source["podSelector"]["matchLabels"].items() <= selector_labels["labels"].items()
+    assert "namespaceSelector" not in source
+    assert [p["port"] for p in rule["ports"]] == [6379]
+    ports = {
+        p["containerPort"]
+        for p in pod_spec(k8s[("Deployment", "bots-selector")])["containers"][0]["ports"]
+    }
+    sel_policy = k8s[("NetworkPolicy", "bots-selector")]["spec"]
+    assert {p["port"] for r in sel_policy["ingress"] for p in r["ports"]} == ports
 
 
 # --------------------------------------------------------------------- CI
@@ -377,3 +543,12 @@ def test_k8s_in_cluster_redis_matches_the_selector_url_and_repo_config(
 def test_ci_installs_prometheus_for_the_integration_test() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "prometheus" in ci and "redis-server" in ci
+
+
+def test_ci_runs_the_compose_stack_and_renders_the_k8s_manifests() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash .ci/compose.sh" in ci
+    script = (ROOT / ".ci" / "compose.sh").read_text()
+    for needed in ("kubectl\" kustomize deploy/k8s", "kubernetes-validate", "up -d --no-build",
+                   "--wait", "down -v", "compose_checks.py", "deploy/compose.tokens.yml"):  # fmt: skip
+        assert needed in script, needed
