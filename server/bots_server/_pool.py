@@ -374,8 +374,10 @@ class PoolRuntime:
             return number
         if number in self.closed:
             raise FailedPrecondition(
-                f"selection {short(selection_id)} is already closed; a report without a "
-                "selection_id applies late evidence as a step of its own"
+                f"selection {short(selection_id)} is already closed (its step was applied, "
+                "or its wait window expired). SelectBatch with the same run_id and step "
+                "replays it: use the next step (or a new run_id) for new rollouts, and report "
+                "late evidence without a selection_id, as a step of its own"
             )
         if number < self._state.selections_opened:
             raise FailedPrecondition(

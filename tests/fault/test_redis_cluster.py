@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,11 +15,29 @@ from service_procs import RedisProcess, ServerProcess, free_port
 from sharing_support import assert_service_matches_replay, create_pool, start_workers, wait_workers
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) exists and is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535 and _is_free(port + 10000):
+            return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def redis_cluster(tmp_path: Path):
     nodes = [
         RedisProcess(
             tmp_path / f"node-{i}",
+            port=cluster_port(),
             extra=(
                 "--cluster-enabled",
                 "yes",
