@@ -203,10 +203,11 @@ class AsyncSelectorClient:
         run_id: str = "",
         step: int = 0,
         expected_trials: float = 0.0,
+        wait_seconds: float = 0.0,
         timeout: float | None = None,
     ) -> Selection:
         """Opens a selection (one BOTS step); see `SelectorClient.select_batch`."""
-        request = cv.select_request(pool, batch_size, run_id, step, expected_trials)
+        request = cv.select_request(pool, batch_size, run_id, step, expected_trials, wait_seconds)
         resp = await self._call(self._stub().SelectBatch, request, timeout, retry=bool(run_id))
         return cv.selection_from_pb(resp)
 

@@ -240,6 +240,7 @@ class SelectorClient:
         run_id: str = "",
         step: int = 0,
         expected_trials: float = 0.0,
+        wait_seconds: float = 0.0,
         timeout: float | None = None,
     ) -> Selection:
         """Opens a selection of ``batch_size`` distinct tasks (one BOTS step).
@@ -256,13 +257,15 @@ class SelectorClient:
             step: Training step within the run.
             expected_trials: Trials each task is expected to report before
                 the selection closes by itself; 0 = the pool's pseudo_rollouts.
+            wait_seconds: How long this selection waits for its reports before
+                it closes with what it has; 0 = the pool's selection_wait_seconds.
             timeout: Deadline of each attempt, in seconds.
 
         Raises:
             NotFoundError: The pool does not exist.
             InvalidRequestError: A batch size out of range.
         """
-        request = cv.select_request(pool, batch_size, run_id, step, expected_trials)
+        request = cv.select_request(pool, batch_size, run_id, step, expected_trials, wait_seconds)
         resp = self._call(self._stub.SelectBatch, request, timeout, retry=bool(run_id))
         return cv.selection_from_pb(resp)
 

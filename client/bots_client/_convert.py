@@ -291,7 +291,12 @@ def create_request(
 
 @request_builder
 def select_request(
-    pool: str, batch_size: int, run_id: str, step: int, expected_trials: float
+    pool: str,
+    batch_size: int,
+    run_id: str,
+    step: int,
+    expected_trials: float,
+    wait_seconds: float = 0.0,
 ) -> pb.SelectBatchRequest:
     """A SelectBatchRequest.
 
@@ -305,6 +310,7 @@ def select_request(
         run_id=run_id,
         step=int_arg("step", step, 0, UINT64_MAX),
         expected_trials=float(expected_trials),
+        wait_seconds=float(wait_seconds),
     )
 
 

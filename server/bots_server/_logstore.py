@@ -243,10 +243,19 @@ class LogStore(Store):
         self._remove(name)
 
     def select(
-        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
+        self,
+        name: str,
+        batch_size: int,
+        run_id: str,
+        step: int,
+        expected_trials: float,
+        wait_seconds: float = 0.0,
     ) -> SelectionView:
         result = self._write(
-            name, lambda rt: rt.plan_select(batch_size, run_id, step, expected_trials, self.clock())
+            name,
+            lambda rt: rt.plan_select(
+                batch_size, run_id, step, expected_trials, self.clock(), wait_seconds
+            ),
         )
         assert isinstance(result, SelectionView)
         return result

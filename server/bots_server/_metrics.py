@@ -309,11 +309,19 @@ class InstrumentedStore(Store):
         self._timed("delete_pool", lambda: self.inner.delete_pool(name))
 
     def select(
-        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
+        self,
+        name: str,
+        batch_size: int,
+        run_id: str,
+        step: int,
+        expected_trials: float,
+        wait_seconds: float = 0.0,
     ) -> SelectionView:
         view = self._timed(
             "select",
-            lambda: self.inner.select(name, batch_size, run_id, step, expected_trials),
+            lambda: self.inner.select(
+                name, batch_size, run_id, step, expected_trials, wait_seconds
+            ),
         )
         if view.replayed:
             self.m.selection_replays.inc()

@@ -121,8 +121,16 @@ def check_pool_name(name: str) -> None:
         )
 
 
-def check_select_args(run_id: str, expected_trials: float) -> None:
+MAX_WAIT_SECONDS = 30 * 86400.0
+
+
+def check_select_args(run_id: str, expected_trials: float, wait_seconds: float = 0.0) -> None:
     """Validates the state-free arguments of SelectBatch."""
+    if not (math.isfinite(wait_seconds) and 0 <= wait_seconds <= MAX_WAIT_SECONDS):
+        raise InvalidArgument(
+            f"wait_seconds must be in [0, {MAX_WAIT_SECONDS:g}] (0 = the pool's "
+            f"selection_wait_seconds), got {wait_seconds}"
+        )
     if len(run_id) > MAX_RUN_ID:
         raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
     if not (math.isfinite(expected_trials) and 0 <= expected_trials <= MAX_TRIALS):
@@ -270,10 +278,16 @@ class PoolRuntime:
         return AddTasks(now, columns_of(fresh))
 
     def plan_select(
-        self, batch_size: int, run_id: str, step: int, expected_trials: float, now: float
+        self,
+        batch_size: int,
+        run_id: str,
+        step: int,
+        expected_trials: float,
+        now: float,
+        wait_seconds: float = 0.0,
     ) -> OpenSelection | SelectionView:
         """The record of a new draw, or the view of the earlier draw of (run_id, step)."""
-        check_select_args(run_id, expected_trials)
+        check_select_args(run_id, expected_trials, wait_seconds)
         expected = expected_trials or self._state.config.pseudo_rollouts
         if run_id:
             number = self.by_run.get((run_id, step))
@@ -308,7 +322,7 @@ class PoolRuntime:
         return OpenSelection(
             now, number, run_id, step, drawn.indices, drawn.sampled, drawn.means,
             float(expected), self.steps_applied,
-            now + self._state.config.selection_wait_seconds,
+            now + (wait_seconds or self._state.config.selection_wait_seconds),
         )  # fmt: skip
 
     def plan_report(

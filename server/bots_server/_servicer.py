@@ -100,6 +100,7 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
             request.run_id,
             request.step,
             request.expected_trials,
+            request.wait_seconds,
         )
         return cv.selection_to_pb(view)
 

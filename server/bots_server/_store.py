@@ -103,8 +103,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def select(
-        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
-    ) -> SelectionView: ...
+        self,
+        name: str,
+        batch_size: int,
+        run_id: str,
+        step: int,
+        expected_trials: float,
+        wait_seconds: float = 0.0,
+    ) -> SelectionView:
+        """Opens (or replays) a selection; ``wait_seconds`` 0 = the pool's wait window."""
 
     @abc.abstractmethod
     def report(

@@ -253,8 +253,11 @@ def test_steps_slower_than_the_wait_window_still_apply_all_their_evidence(
     trainer.close_bots()
     stats = trainer.bots_reporter.stats
     assert stats.failed == 0 and stats.delivered == 4
-    assert stats.late >= 1  # selections drawn ahead expired before their rewards came
-    assert client.get_pool("slow").selections_expired >= 1
+    # The first selections (drawn before any step time was seen) expire; once the sampler
+    # has seen a step, it asks for a longer wait and the later ones keep their evidence.
+    info = client.get_pool("slow")
+    assert 1 <= stats.late <= 2 and 1 <= info.selections_expired <= 2, (stats, info)
+    assert "ask for a wait" in caplog.text
     assert_same_totals(
         posterior_totals(client, "slow"), evidence_totals(trainer.bots_reporter.delivered)
     )

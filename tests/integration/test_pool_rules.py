@@ -287,3 +287,20 @@ def test_get_pool_lists_the_runs_with_their_steps_and_capability(make_stub):
     time.sleep(1.2)  # past the retention: a run that does nothing more ages out
     report(stub, "later", "", [("t2", 1, 2)])
     assert [r.run_id for r in stub.GetPool(pb.GetPoolRequest(pool="p")).pool.runs] == [""]
+
+
+def test_a_selection_can_ask_for_its_own_wait_window(make_stub):
+    stub = make_stub()
+    create(stub, selection_wait_seconds=0.3)
+    short_wait = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2))
+    long_wait = stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2, wait_seconds=60))
+    time.sleep(1.0)  # the expiry sweep runs every 0.05 s here
+    assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.selections_expired == 1
+    report(stub, "on-time", long_wait.selection_id, [(long_wait.tasks[0].key, 1, 2)], final=True)
+    with pytest.raises(grpc.RpcError) as info:
+        report(stub, "late", short_wait.selection_id, [(short_wait.tasks[0].key, 1, 2)])
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    for bad in (-1.0, float("nan"), 31 * 86400.0):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.SelectBatch(pb.SelectBatchRequest(pool="p", batch_size=2, wait_seconds=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

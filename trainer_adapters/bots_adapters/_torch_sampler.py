@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import math
@@ -23,6 +24,7 @@ from bots_adapters._ledger import SelectionLedger
 from bots_adapters._reporter import KEEP_TRAINING, OutcomeReporter, check_outage_policy
 
 log = logging.getLogger("bots_adapters.sampler")
+MAX_WAIT_SECONDS = 30 * 86400.0  # the server's limit for SelectBatch wait_seconds
 
 _STATE_VERSION = 1
 
@@ -129,10 +131,11 @@ class BotsBatchSampler(Sampler[list[int]]):
 
     **Wait window.** A selection waits the pool's ``selection_wait_seconds``
     (default 600) for its rewards. Loaders draw ahead, so a selection waits
-    about two steps; the sampler logs a warning naming the setting once its
-    observed step time makes that longer than the window. Evidence arriving
-    later is still applied, as a standalone step (`OutcomeReporter` with
-    ``on_closed="standalone"``).
+    about two steps; once the observed step time makes that longer than the
+    window, the sampler logs a warning naming the setting and asks for a wait
+    of four step times with each selection (SelectBatch ``wait_seconds``).
+    Evidence that still arrives late is applied, as a standalone step
+    (`OutcomeReporter` with ``on_closed="standalone"``).
 
     Args:
         client: Connected client.
@@ -201,6 +204,8 @@ class BotsBatchSampler(Sampler[list[int]]):
         self._last_draw: float | None = None
         self._wait_window: float | None = None
         self._window_warned = False
+        # Longest of the recent intervals between draws (draw-ahead makes some tiny).
+        self._intervals: collections.deque[float] = collections.deque(maxlen=8)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -245,6 +250,7 @@ class BotsBatchSampler(Sampler[list[int]]):
                     run_id=self.run_id,
                     step=step,
                     expected_trials=self.expected_trials,
+                    wait_seconds=self.wait_seconds(),
                 )
             except (UnavailableError, OverloadedError) as err:
                 if self.on_outage != KEEP_TRAINING:
@@ -277,30 +283,41 @@ class BotsBatchSampler(Sampler[list[int]]):
             expected_trials=self.expected_trials,
         )
 
+    def wait_seconds(self) -> float:
+        """The wait window to ask for the next selection (0 = the pool's own).
+
+        A selection drawn ahead waits about two steps for its rewards; once the
+        observed step time makes that longer than the pool's
+        ``selection_wait_seconds``, selections ask for four step times instead.
+        """
+        if not self._intervals or self._wait_window is None:
+            return 0.0
+        needed = 4 * max(self._intervals)
+        return min(needed, MAX_WAIT_SECONDS) if needed > self._wait_window else 0.0
+
     def _watch_step_time(self) -> None:
         now = time.monotonic()
         last, self._last_draw = self._last_draw, now
-        if last is None or self._window_warned or self.degraded:
+        if last is None or self.degraded:
             return
+        self._intervals.append(now - last)
         if self._wait_window is None:
             try:
                 self._wait_window = self.client.get_pool(self.pool).config.selection_wait_seconds
-            except Exception:  # only a warning depends on it
-                self._wait_window = math.inf
-        step_time = now - last
-        window = self._wait_window or math.inf
-        if 2 * step_time > window:
+            except Exception:  # only the window sizing depends on it
+                return
+        step_time = max(self._intervals)
+        if 2 * step_time > self._wait_window and not self._window_warned:
             self._window_warned = True
             log.warning(
                 "a step takes about %.0fs and the loader draws a batch ahead, so a selection "
                 "waits about %.0fs for its rewards: longer than pool %r's "
-                "selection_wait_seconds=%.0f. Its rewards are then applied as standalone steps "
-                "(on_closed='standalone'); create the pool with selection_wait_seconds of at "
-                "least %.0f to keep them with their selections",
+                "selection_wait_seconds=%.0f. Selections now ask for a wait of %.0fs; rewards "
+                "that still come late are applied as standalone steps (on_closed='standalone')",
                 step_time,
                 2 * step_time,
                 self.pool,
-                window,
+                self._wait_window,
                 4 * step_time,
             )
 

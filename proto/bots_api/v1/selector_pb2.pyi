@@ -190,18 +190,20 @@ class RunInfo(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., steps: _Optional[int] = ..., capability: _Optional[float] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., active: _Optional[bool] = ...) -> None: ...
 
 class SelectBatchRequest(_message.Message):
-    __slots__ = ("pool", "batch_size", "run_id", "step", "expected_trials")
+    __slots__ = ("pool", "batch_size", "run_id", "step", "expected_trials", "wait_seconds")
     POOL_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_TRIALS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     pool: str
     batch_size: int
     run_id: str
     step: int
     expected_trials: float
-    def __init__(self, pool: _Optional[str] = ..., batch_size: _Optional[int] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., expected_trials: _Optional[float] = ...) -> None: ...
+    wait_seconds: float
+    def __init__(self, pool: _Optional[str] = ..., batch_size: _Optional[int] = ..., run_id: _Optional[str] = ..., step: _Optional[int] = ..., expected_trials: _Optional[float] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class SelectedTask(_message.Message):
     __slots__ = ("key", "index", "sampled_p", "posterior_mean")
