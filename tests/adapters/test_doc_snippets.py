@@ -72,3 +72,20 @@ def test_the_trl_snippet_runs_as_written(
     info = client.get_pool("math")
     assert info.steps_applied == 2  # max_steps=2, one prompt per selection (TRL's defaults)
     assert (tmp_path / "out").is_dir()
+
+
+def test_the_wait_window_snippets_of_long_runs_run_as_written(
+    client: SelectorClient, bots_target: str, tmp_path: Path
+) -> None:
+    text = (DOCS / "long-runs.md").read_text()
+    section = text.split("## The wait window", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(snippets) == 2
+    prelude = (
+        "import os\nfrom bots_client import SelectorClient\n"
+        "client = SelectorClient(os.environ['BOTS_TARGET'])\n"
+        "tasks = [f'task-{i}' for i in range(300)]\n"
+    )
+    run(prelude + "\n".join(snippets), tmp_path, bots_target)
+    info = client.get_pool("math")
+    assert info.config.selection_wait_seconds == 3600 and info.open_selections == 1
