@@ -100,16 +100,8 @@ _STATE_FROM_PB = {
     int(pb.SELECTION_STATE_DISCARDED): SelectionState.DISCARDED,
 }
 
-_CONFIG_FLOATS = (
-    "forgetting",
-    "implicit_weight",
-    "pseudo_rollouts",
-    "target",
-    "momentum",
-    "temperature",
-    "selection_wait_seconds",
-    "min_reference_gap",
-)
+# Numeric config fields, from the contract (the dataclass mirrors it; a test checks).
+_CONFIG_FLOATS = tuple(f.name for f in pb.PoolConfig.DESCRIPTOR.fields if f.type == f.TYPE_DOUBLE)
 _TASK_FLOATS = ("weak", "strong", "prior_alpha", "prior_beta")
 
 

@@ -26,16 +26,9 @@ MODE_TO_PB = {
 }
 MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
 
-_FLOAT_FIELDS = (
-    "forgetting",
-    "implicit_weight",
-    "pseudo_rollouts",
-    "target",
-    "momentum",
-    "temperature",
-    "selection_wait_seconds",
-    "min_reference_gap",
-)
+# The config's numeric fields come from the contract itself: a new one needs the
+# .proto and the engine's PoolConfig, not a list here.
+_FLOAT_FIELDS = tuple(f.name for f in pb.PoolConfig.DESCRIPTOR.fields if f.type == f.TYPE_DOUBLE)
 
 
 def config_from_pb(preset_name: str, msg: pb.PoolConfig) -> PoolConfig:
