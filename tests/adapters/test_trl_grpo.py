@@ -15,6 +15,7 @@ import pytest
 from bots_adapters.trl import BotsGRPOTrainer, BotsRepeatSampler
 from bots_client import PoolConfig, SelectionState, SelectorClient
 from datasets import Dataset
+from outage_helpers import applied_totals, totals
 from tiny_trl import char_tokenizer, contains_digit, grpo_args, rows, tiny_model
 from transformers import TrainerCallback
 
@@ -50,22 +51,7 @@ def make_trainer(
 
 def evidence_totals(reports: Any) -> dict[str, tuple[float, float]]:
     """Per task (successes, trials) summed over delivered reports."""
-    out: dict[str, tuple[float, float]] = {}
-    for rep in reports:
-        for o in rep.outcomes:
-            s, t = out.get(o.task_key, (0.0, 0.0))
-            out[o.task_key] = (s + o.successes, t + o.trials)
-    return out
-
-
-def posterior_totals(client: SelectorClient, pool: str) -> dict[str, tuple[float, float]]:
-    """Per task (alpha - 1, alpha + beta - 2): the evidence a SUMS pool has applied."""
-    out = {}
-    for _, chunk in client.export_posteriors(pool):
-        for p in chunk:
-            if p.alpha + p.beta > 2:
-                out[p.task.key] = (p.alpha - 1, p.alpha + p.beta - 2)
-    return out
+    return totals(o for rep in reports for o in rep.outcomes)
 
 
 def assert_same_totals(a: dict[str, tuple[float, float]], b: dict[str, tuple[float, float]]):
@@ -99,7 +85,7 @@ def test_trl_default_layout_closes_every_selection_once_even_when_a_task_repeats
     info = client.get_pool("trl")
     assert info.steps_applied == trainer.state.global_step
     assert info.selections_expired == 0
-    assert_same_totals(posterior_totals(client, "trl"), evidence_totals(delivered))
+    assert_same_totals(applied_totals(client, "trl"), evidence_totals(delivered))
 
 
 @pytest.mark.timeout(300)
@@ -259,7 +245,7 @@ def test_steps_slower_than_the_wait_window_still_apply_all_their_evidence(
     assert 1 <= stats.late <= 2 and 1 <= info.selections_expired <= 2, (stats, info)
     assert "ask for a wait" in caplog.text
     assert_same_totals(
-        posterior_totals(client, "slow"), evidence_totals(trainer.bots_reporter.delivered)
+        applied_totals(client, "slow"), evidence_totals(trainer.bots_reporter.delivered)
     )
     assert "selection_wait_seconds" in caplog.text
 
