@@ -211,8 +211,9 @@ def apply_step(
     keep = 1.0 - lam
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
-    new_alpha = keep * state.alpha[idx] + lam * state.alpha0[idx] + s
-    new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
+    with np.errstate(over="ignore"):  # an overflow is caught just below
+        new_alpha = keep * state.alpha[idx] + lam * state.alpha0[idx] + s
+        new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
     if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
         raise CorruptStateError(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
