@@ -13,7 +13,7 @@ from bots_core._errors import (
     shorten,
 )
 from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
-from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
+from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec, split_keys
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
     MAX_TRIALS,
@@ -59,5 +59,6 @@ __all__ = [
     "seed_sequence",
     "select_batch",
     "shorten",
+    "split_keys",
     "top_k",
 ]
