@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_selector import OUT, B, make_rates, progress, timings
-from bots_core import PoolConfig, PoolState, TaskSpec, aggregate, apply_step, select_batch
-from bots_core import _kernel
+from bots_core import PoolConfig, PoolState, TaskSpec, _kernel, aggregate, apply_step, select_batch
 from bots_core._select import CHUNK, _run_blocks, chunk_seeds, seed_sequence
 
 
