@@ -265,8 +265,10 @@ class PoolState:
         strong: FloatArray,
         prior_alpha: FloatArray,
         prior_beta: FloatArray,
+        alpha: FloatArray | None = None,
+        beta: FloatArray | None = None,
     ) -> PoolState:
-        """A pool of already validated tasks, posteriors at the prior (takes ``keys``).
+        """A pool of already validated tasks, posteriors at the prior unless given (takes ``keys``).
 
         The fast way to load a whole table: no per-task work beyond the
         arrays, and the key index is built only when something looks a key up.
@@ -275,13 +277,16 @@ class PoolState:
         n = len(keys)
         state.keys = keys
         state._index = None
+        # The read-only columns are taken as they are (no copy: they are never
+        # written in place, and growing reallocates); the posteriors get their own.
         for col, values in (
-            ("alpha0", prior_alpha), ("beta0", prior_beta), ("alpha", prior_alpha),
-            ("beta", prior_beta), ("weak", weak), ("strong", strong),
+            ("alpha0", prior_alpha), ("beta0", prior_beta), ("weak", weak), ("strong", strong),
         ):  # fmt: skip
             if len(values) != n:
                 raise ValueError(f"column {col} has {len(values)} entries for {n} keys")
-            state._cols[col] = np.array(values, dtype=np.float64)
+            state._cols[col] = np.ascontiguousarray(values, dtype=np.float64)
+        state._cols["alpha"] = np.array(prior_alpha if alpha is None else alpha, dtype=np.float64)
+        state._cols["beta"] = np.array(prior_beta if beta is None else beta, dtype=np.float64)
         return state
 
     def trim(self) -> None:

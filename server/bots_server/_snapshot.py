@@ -183,9 +183,8 @@ def _decode(
     keys = tasks.keys if len(tasks) == n else tasks.keys[:n]
     state = PoolState.from_columns(
         eng["name"], PoolConfig.from_dict(eng["config"]), keys, tasks.weak[:n],
-        tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n],
+        tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n], alpha, beta,
     )  # fmt: skip
-    state.alpha, state.beta = alpha, beta
     cap = eng["capability"]
     state.capability = math.nan if cap is None else float(cap)
     state.steps_applied = int(eng["steps_applied"])
