@@ -9,11 +9,11 @@ seeded per chunk, and keeps the chunk's ``k`` smallest ranking keys in a heap.
 Nothing of the pool's size is allocated. All arithmetic is float64.
 
 Measured against the library call it replaces (numpy's
-``Generator.standard_gamma(dtype=float32)`` chunked over the same threads,
-plus ``np.partition`` for the chunk's best ``k``): at N = 1M, B = 256 on the
-2-core VM, 9.8 ms against 43.6 ms for the whole engine select (4.4x;
-``python bench/bench_selector.py --sizes 1000000 --kernel-only``, see
-docs/benchmarks.md). Statistical tests: tests/unit/test_sampling.py (KS tests
+``Generator.standard_gamma(dtype=float32)`` per chunk on the same threads and
+seeds, plus ``argpartition``), whole engine select with B = 256 on the 2-core
+VM, same run: 36.8 ms against 82.9 ms at N = 1M (2.25x), 434 ms against
+1367 ms at N = 10M (3.15x) (``python bench/bench_scale.py``, docs/benchmarks.md).
+Statistical tests: tests/unit/test_sampling.py (KS tests
 of the normals, Gammas and Betas, the exact Thompson pick probability).
 """
 
