@@ -14,7 +14,7 @@ from bots_core._errors import (
 )
 from bots_core._runs import ACTIVE_STEPS, RunState, sharing
 from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
-from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec
+from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec, split_keys
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
     MAX_TRIALS,
@@ -63,5 +63,6 @@ __all__ = [
     "select_batch",
     "sharing",
     "shorten",
+    "split_keys",
     "top_k",
 ]

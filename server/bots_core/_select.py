@@ -1,11 +1,10 @@
 """Batch selection (docs/algorithm.md §4): Thompson, greedy, softmax and uniform rules.
 
-Thompson sampling is the hot path. Draws are made chunk by chunk, each chunk
-with its own generator derived from (pool seed, selection number, chunk), so
-the chunks can run on several threads (numpy releases the GIL while it fills
-arrays) and the result does not depend on how many threads ran them. Beta
-draws are made as Gamma ratios in float32: the same Beta distribution as
-``Generator.beta``, about twice as fast.
+Thompson sampling is the hot path. Draws are made chunk by chunk by a
+compiled kernel (``bots_core._kernel``, numba, GIL released), each chunk with
+its own generator state derived from (pool seed, selection number, chunk), so
+the chunks run on several threads and the result does not depend on how many
+threads ran them. Each chunk keeps only its best ``k`` candidates.
 """
 
 from __future__ import annotations
@@ -13,12 +12,14 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from bots_core import _kernel
 from bots_core._config import SelectionMode
 from bots_core._errors import CorruptStateError, InvalidInputError, shorten
 from bots_core._runs import offset
@@ -78,13 +79,12 @@ def select_batch(
     cfg = state.config
     ss = seed_sequence(cfg.seed, selection_number)
     merge_rng = np.random.default_rng(ss)
-    target: float | FloatArray = cfg.target
+    target = cfg.target
     run_state = state.runs.get(run)
     move = offset(state.capability, run_state.capability) if run_state is not None else None
     shift: FloatArray | None = None
     if move is not None and state.derived.ref_count:
         shift = state.derived.gap * move  # the run's rate minus the pool's, per task
-        target = cfg.target - shift
     if cfg.mode is SelectionMode.UNIFORM:
         idx = np.sort(merge_rng.choice(n, size=batch_size, replace=False)).astype(np.int64)
         merge_rng.shuffle(idx)
@@ -92,17 +92,24 @@ def select_batch(
         return Selection(idx, values, values.copy())
     if cfg.mode is SelectionMode.GREEDY:
         means = state.posterior_mean()
-        idx = top_k(np.abs(means - target), batch_size, merge_rng)
+        goal = target if shift is None else target - shift
+        idx = top_k(np.abs(means - goal), batch_size, merge_rng)
         scored = means[idx] if shift is None else np.clip(means[idx] + shift[idx], 0.0, 1.0)
         return Selection(idx, scored, means[idx])
     cand, draws = thompson_candidates(
-        state.alpha, state.beta, target, batch_size, ss, softmax_tau=_tau(state)
+        np.ascontiguousarray(state.alpha, dtype=np.float64),
+        np.ascontiguousarray(state.beta, dtype=np.float64),
+        target,
+        batch_size,
+        ss,
+        softmax_tau=_tau(state),
+        shift=shift,
     )
     if cfg.mode is SelectionMode.SOFTMAX:
         keys = draws[1]
         pos = top_k(keys, batch_size, merge_rng)
     else:
-        goal = target if isinstance(target, (int, float)) else target[cand]
+        goal = target if shift is None else target - shift[cand]
         pos = top_k(np.abs(draws[0] - goal), batch_size, merge_rng)
     idx = cand[pos]
     sampled = draws[0][pos]
@@ -137,169 +144,118 @@ def top_k(dist: FloatArray, k: int, rng: np.random.Generator) -> IntArray:
 def thompson_candidates(
     alpha: FloatArray,
     beta: FloatArray,
-    target: float | FloatArray,
+    target: float,
     k: int,
     ss: np.random.SeedSequence,
     softmax_tau: float | None = None,
+    shift: FloatArray | None = None,
 ) -> tuple[IntArray, tuple[FloatArray, FloatArray]]:
-    """Draws p ~ Beta(alpha, beta) for every task and keeps each chunk's best ``k``.
+    """Draws p ~ Beta(alpha, beta) for every task and keeps the candidates for the best ``k``.
 
-    Returns candidate indices (every task that can be in the top ``k``, ties
-    at a chunk's cut included) with their draws and their ranking keys
-    (``|p - target|``, or for softmax the negated Gumbel-perturbed logits, so
-    that smaller is better in both cases). ``target`` may be one value per task.
+    Returns candidate indices (every task whose ranking key is at most the
+    ``k``-th smallest, ties at that cut included) with their draws and their
+    ranking keys (``|p - target|``, or for softmax ``|p - target| / tau``
+    minus Gumbel noise, so that smaller is better in both cases). With
+    ``shift`` (one value per task) the target of task i is ``target - shift[i]``.
+
+    Raises:
+        CorruptStateError: a posterior shape is not a finite positive number.
     """
     n = len(alpha)
-    starts = range(0, n, CHUNK)
+    chunks = (n + CHUNK - 1) // CHUNK
+    seeds = chunk_seeds(ss, chunks)
+    tau = 0.0 if softmax_tau is None else float(softmax_tau)
+    if not tau >= 0.0:
+        raise InvalidInputError(f"softmax temperature must be positive, got {softmax_tau}")
+    key = np.empty((chunks, k))
+    pos = np.empty((chunks, k), dtype=np.int64)
+    draw = np.empty((chunks, k))
+    kept = np.empty(chunks, dtype=np.int64)
+    dropped = np.empty(chunks)
+    moved = np.zeros(0) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
 
-    def run(ci: int) -> tuple[IntArray, FloatArray, FloatArray]:
-        lo = ci * CHUNK
-        hi = min(n, lo + CHUNK)
-        rng = np.random.default_rng(
-            np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
-        )
-        p = beta_draws(alpha[lo:hi], beta[lo:hi], rng)
-        goal = (
-            np.float32(target)
-            if isinstance(target, (int, float))
-            else np.asarray(target)[lo:hi].astype(np.float32)
-        )
-        dist = p - goal
-        np.abs(dist, out=dist)
-        if softmax_tau is not None:
-            # Gumbel top-k: sampling k without replacement from softmax(-dist/tau)
-            # is taking the k largest of -dist/tau + Gumbel noise.
-            key = dist / softmax_tau
-            key -= rng.gumbel(size=len(key))
-        else:
-            key = dist
-        if len(key) > k:
-            cut = np.partition(key, k - 1)[k - 1]
-            keep = np.flatnonzero(key <= cut)
-        else:
-            keep = np.arange(len(key))
-        return (
-            (keep + lo).astype(np.int64),
-            p[keep].astype(np.float64),
-            key[keep].astype(np.float64),
-        )
+    def run(block: range) -> None:
+        for ci in block:
+            kept[ci], dropped[ci] = _kernel.draw_chunk(
+                alpha, beta, ci * CHUNK, min(n, (ci + 1) * CHUNK), target, moved, tau,
+                seeds[ci], k, key[ci], pos[ci], draw[ci],
+            )  # fmt: skip
 
-    chunks = list(range(len(starts)))
-    results = list(_threads().map(run, chunks)) if len(chunks) > 1 else [run(0)]
-    idx = np.concatenate([r[0] for r in results])
-    draws = np.concatenate([r[1] for r in results])
-    keys = np.concatenate([r[2] for r in results])
-    return idx, (draws, keys)
+    _run_blocks(run, chunks)
+    if np.any(kept < 0):
+        raise CorruptStateError("a posterior is not a finite positive number: cannot draw from it")
+    mask = np.arange(k) < kept[:, None]
+    cand_key, cand_pos, cand_draw = key[mask], pos[mask], draw[mask]
+    cut = np.partition(cand_key, k - 1)[k - 1] if len(cand_key) > k else cand_key.max()
+    tied = np.flatnonzero(dropped <= cut)
+    if len(tied):
+        # A chunk dropped a task whose key equals the cut (the heap keeps k, not
+        # its ties): draw those chunks again, keeping every task, for exact ties.
+        extra = [_chunk_all(alpha, beta, int(ci), target, moved, tau, seeds[ci]) for ci in tied]
+        keep = ~np.isin(cand_pos // CHUNK, tied)
+        cand_key = np.concatenate([cand_key[keep], *(e[0] for e in extra)])
+        cand_pos = np.concatenate([cand_pos[keep], *(e[1] for e in extra)])
+        cand_draw = np.concatenate([cand_draw[keep], *(e[2] for e in extra)])
+    close = cand_key <= cut
+    order = np.argsort(cand_pos[close], kind="stable")  # task order: independent of threads
+    return cand_pos[close][order], (cand_draw[close][order], cand_key[close][order])
 
 
-def beta_draws(
-    alpha: FloatArray, beta: FloatArray, rng: np.random.Generator
-) -> npt.NDArray[np.float32]:
-    """Beta(alpha, beta) draws as X / (X + Y) with X ~ Gamma(alpha), Y ~ Gamma(beta).
+def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint64]:
+    """xoshiro256** states of a selection's chunks: chunk ``c`` is spawn key (..., c)."""
+    seeds = np.empty((chunks, 4), dtype=np.uint64)
+    for ci in range(chunks):
+        child = np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
+        seeds[ci] = child.generate_state(4, np.uint64)
+    seeds[~seeds.any(axis=1), 0] = 1  # the all-zero state is xoshiro's only fixed point
+    return seeds
 
-    Shapes >= 1 (every task under the default prior: the update never takes
-    a shape below min(its start, its prior)) use :func:`gamma_draws`, a
-    vectorised Marsaglia-Tsang sampler in float32. Tasks with a shape below 1
-    are drawn with ``Generator.beta`` in float64, which also avoids float32
-    underflow for tiny shapes.
+
+def _chunk_all(
+    alpha: FloatArray, beta: FloatArray, ci: int, target: float, moved: FloatArray,
+    tau: float, seed: npt.NDArray[np.uint64],
+) -> tuple[FloatArray, IntArray, FloatArray]:  # fmt: skip
+    lo, hi = ci * CHUNK, min(len(alpha), (ci + 1) * CHUNK)
+    key, pos, draw = np.empty(hi - lo), np.empty(hi - lo, dtype=np.int64), np.empty(hi - lo)
+    _kernel.draw_chunk(alpha, beta, lo, hi, target, moved, tau, seed, hi - lo, key, pos, draw)
+    return key, pos, draw
+
+
+def _run_blocks(run: Callable[[range], None], chunks: int) -> None:
+    """Runs ``run`` over contiguous blocks of chunks on the worker threads.
+
+    About four blocks per worker, taken as workers free up: on a shared
+    machine a core that another process slows down then does less of the
+    work, instead of the whole draw waiting for its fixed half (the likely
+    cause of the one 2x median of the embedded-store benchmark on the 2-core
+    VM). The result does not depend on the blocks: every chunk has its seed.
     """
-    n = len(alpha)
-    small = (alpha < 1.0) | (beta < 1.0)
-    shapes = np.concatenate([alpha, beta]).astype(np.float32)
-    if small.any():
-        shapes[np.concatenate([small, small])] = 1.0  # placeholders, overwritten below
-    g = gamma_draws(shapes, rng)
-    x, y = g[:n], g[n:]
-    y += x
-    x /= y
-    if small.any():
-        idx = np.flatnonzero(small)
-        x[idx] = rng.beta(alpha[idx], beta[idx]).astype(np.float32)
-    return x
+    ex = _threads()
+    workers = getattr(ex, "_max_workers", 1)
+    blocks = min(chunks, 4 * workers)
+    if workers <= 1 or blocks <= 1:
+        run(range(chunks))
+        return
+    bounds = np.linspace(0, chunks, blocks + 1).astype(int)
+    futures = [ex.submit(run, range(lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+    for f in futures:
+        f.result()
 
 
-def gamma_draws(
-    shape: npt.NDArray[np.float32], rng: np.random.Generator
-) -> npt.NDArray[np.float32]:
-    """Gamma(shape, 1) draws for shapes >= 1 (Marsaglia and Tsang, 2000), vectorised.
+def beta_draws(alpha: FloatArray, beta: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """One Beta(alpha[i], beta[i]) draw each, by the selection kernel (float64).
 
-    An exact rejection sampler: d = shape - 1/3, c = 1/sqrt(9 d); with
-    x ~ N(0, 1) and v = (1 + c x)^3 > 0, accept d v when u < 1 - 0.0331 x^4
-    (the squeeze, ~98% of draws) or log u < x^2/2 + d (1 - v + log v).
-    Rejected positions are drawn again until none is left. The normals come
-    from :func:`normal_draws`.
+    Seeded from ``rng``. Any finite positive shapes; see ``bots_core._kernel``.
 
-    A finite shape is accepted with probability above 0.95 per round, so a
-    position still rejected after ``_PATIENT_ROUNDS`` rounds (odds below
-    1e-60) has a shape that is not a number: CorruptStateError, never a loop
-    that runs forever.
+    Raises:
+        CorruptStateError: a shape is not a finite positive number.
     """
-    d = shape - np.float32(1.0 / 3.0)
-    c = np.float32(1.0 / 3.0) / np.sqrt(d)
-    out: npt.NDArray[np.float32] = d  # replaced by the first pass's draws
-    todo: IntArray | None = None  # None: every position (no gather on the first pass)
-    for rounds in itertools.count(1):
-        if rounds > _PATIENT_ROUNDS:
-            assert todo is not None
-            if not np.all(np.isfinite(d[todo])):
-                raise CorruptStateError("a posterior is not a finite number: cannot draw from it")
-        dd = d if todo is None else d[todo]
-        cc = c if todo is None else c[todo]
-        m = len(dd)
-        x = normal_draws(m, rng)
-        u = rng.random(m, dtype=np.float32)
-        v = cc * x
-        v += np.float32(1.0)
-        positive = v > 0
-        v *= v * v
-        x *= x
-        ok = u < np.float32(1.0) - np.float32(0.0331) * (x * x)
-        ok &= positive
-        slow = np.flatnonzero(positive & ~ok)
-        if len(slow):
-            vs = v[slow]
-            with np.errstate(divide="ignore"):  # log(0) = -inf: accepted, as it should be
-                lhs = np.log(u[slow])
-            ok[slow] = lhs < np.float32(0.5) * x[slow] + dd[slow] * (
-                np.float32(1.0) - vs + np.log(vs)
-            )
-        v *= dd
-        rejected_here = np.flatnonzero(~ok)
-        if todo is None:
-            out = v  # accepted draws are final; rejected ones are overwritten below
-            rejected = rejected_here
-        else:
-            out[todo] = v
-            rejected = todo[rejected_here]
-        if not len(rejected):
-            return out
-        todo = rejected
-    raise AssertionError("unreachable")
-
-
-_PATIENT_ROUNDS = 48
-_TWO_PI = np.float32(2.0 * np.pi)
-
-
-def normal_draws(m: int, rng: np.random.Generator) -> npt.NDArray[np.float32]:
-    """m standard normal draws in float32 by the Box-Muller transform.
-
-    Exact up to float32 rounding (the uniforms' 2**-24 grid bounds |z| by
-    5.77, a tail of probability 8e-9); about a third cheaper here than the
-    ziggurat of ``Generator.standard_normal``, and the normals are most of
-    the cost of a Gamma draw.
-    """
-    h = (m + 1) // 2
-    u1 = rng.random(h, dtype=np.float32)
-    np.subtract(np.float32(1.0), u1, out=u1)  # (0, 1]: log is finite
-    np.log(u1, out=u1)
-    u1 *= np.float32(-2.0)
-    np.sqrt(u1, out=u1)
-    theta = rng.random(h, dtype=np.float32)
-    theta *= _TWO_PI
-    out = np.empty(2 * h, dtype=np.float32)
-    np.cos(theta, out=out[:h])
-    np.sin(theta, out=out[h:])
-    out[:h] *= u1
-    out[h:] *= u1
-    return out[:m]
+    a = np.ascontiguousarray(alpha, dtype=np.float64)
+    b = np.ascontiguousarray(beta, dtype=np.float64)
+    if not (np.all((a > 0) & (a < np.inf)) and np.all((b > 0) & (b < np.inf))):
+        raise CorruptStateError("a posterior is not a finite positive number: cannot draw from it")
+    seed = rng.integers(0, np.iinfo(np.uint64).max, size=4, dtype=np.uint64, endpoint=True)
+    if not seed.any():
+        seed[0] = 1
+    out: FloatArray = _kernel.betas(seed, a, b)
+    return out

@@ -8,6 +8,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -92,14 +93,10 @@ class PoolState:
         self.name = name
         self.config = config
         self.keys: list[str] = []
-        self.index: dict[str, int] = {}
-        empty = np.zeros(0, dtype=np.float64)
-        self.alpha: FloatArray = empty.copy()
-        self.beta: FloatArray = empty.copy()
-        self.alpha0: FloatArray = empty.copy()
-        self.beta0: FloatArray = empty.copy()
-        self.weak: FloatArray = empty.copy()
-        self.strong: FloatArray = empty.copy()
+        self._index: dict[str, int] | None = {}
+        # Column buffers with spare capacity: growing a pool costs what it adds
+        # (amortised), not a copy of the table. The public arrays are views.
+        self._cols: dict[str, FloatArray] = {c: np.zeros(0) for c in _COLUMNS}
         self.capability = math.nan
         self.steps_applied = 0
         self.selections_opened = 0
@@ -107,6 +104,77 @@ class PoolState:
         self.diagnostics = Diagnostics()
         self.runs: dict[str, RunState] = {}  # the runs that took steps (docs/algorithm.md §8)
         self._derived: _Derived | None = None
+
+    @property
+    def alpha(self) -> FloatArray:
+        return self._cols["alpha"][: len(self.keys)]
+
+    @alpha.setter
+    def alpha(self, value: FloatArray) -> None:
+        self._set("alpha", value)
+
+    @property
+    def beta(self) -> FloatArray:
+        return self._cols["beta"][: len(self.keys)]
+
+    @beta.setter
+    def beta(self, value: FloatArray) -> None:
+        self._set("beta", value)
+
+    @property
+    def alpha0(self) -> FloatArray:
+        return self._cols["alpha0"][: len(self.keys)]
+
+    @alpha0.setter
+    def alpha0(self, value: FloatArray) -> None:
+        self._set("alpha0", value)
+
+    @property
+    def beta0(self) -> FloatArray:
+        return self._cols["beta0"][: len(self.keys)]
+
+    @beta0.setter
+    def beta0(self, value: FloatArray) -> None:
+        self._set("beta0", value)
+
+    @property
+    def weak(self) -> FloatArray:
+        return self._cols["weak"][: len(self.keys)]
+
+    @weak.setter
+    def weak(self, value: FloatArray) -> None:
+        self._set("weak", value)
+
+    @property
+    def strong(self) -> FloatArray:
+        return self._cols["strong"][: len(self.keys)]
+
+    @strong.setter
+    def strong(self, value: FloatArray) -> None:
+        self._set("strong", value)
+
+    def _set(self, name: str, value: FloatArray) -> None:
+        """Replaces a column (``state.alpha = array``); in-place ops on the view are kept."""
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.shape != (len(self.keys),):
+            raise ValueError(f"{name} must have shape ({len(self.keys)},), got {arr.shape}")
+        buf = self._cols[name]
+        if arr.base is buf and arr.ctypes.data == buf.ctypes.data:
+            return  # ``state.alpha *= x``: the view of the buffer itself
+        self._cols[name] = np.ascontiguousarray(arr)
+        if name in ("weak", "strong", "alpha0", "beta0"):
+            self._derived = None
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Task key -> dense index, built on first use (a replica that only draws never needs it)."""
+        if self._index is None:
+            self._index = dict(zip(self.keys, range(len(self.keys))))
+        return self._index
+
+    @index.setter
+    def index(self, value: dict[str, int]) -> None:
+        self._index = value
 
     # ----------------------------------------------------------------- tasks
     @property
@@ -177,17 +245,58 @@ class PoolState:
         This is the fast path for stores that rebuild a pool from columns they
         validated when the tasks were registered.
         """
-        n0 = len(self.keys)
-        for j, key in enumerate(keys):
-            self.index[key] = n0 + j
+        n0, m = len(self.keys), len(keys)
+        if self._index is not None:
+            self._index.update(zip(keys, range(n0, n0 + m)))
+        for name, values in (
+            ("alpha0", prior_alpha), ("beta0", prior_beta), ("alpha", prior_alpha),
+            ("beta", prior_beta), ("weak", weak), ("strong", strong),
+        ):  # fmt: skip
+            self._cols[name] = _appended(self._cols[name], n0, values)
         self.keys.extend(keys)
-        self.alpha0 = np.concatenate([self.alpha0, prior_alpha])
-        self.beta0 = np.concatenate([self.beta0, prior_beta])
-        self.alpha = np.concatenate([self.alpha, prior_alpha])
-        self.beta = np.concatenate([self.beta, prior_beta])
-        self.weak = np.concatenate([self.weak, weak])
-        self.strong = np.concatenate([self.strong, strong])
-        self._derived = None
+        if self._derived is not None:
+            self._derived.extend(self, n0)
+
+    @classmethod
+    def from_columns(
+        cls,
+        name: str,
+        config: PoolConfig,
+        keys: list[str],
+        weak: FloatArray,
+        strong: FloatArray,
+        prior_alpha: FloatArray,
+        prior_beta: FloatArray,
+        alpha: FloatArray | None = None,
+        beta: FloatArray | None = None,
+    ) -> PoolState:
+        """A pool of already validated tasks, posteriors at the prior unless given (takes ``keys``).
+
+        The fast way to load a whole table: no per-task work beyond the
+        arrays, and the key index is built only when something looks a key up.
+        """
+        state = cls(name, config)
+        n = len(keys)
+        state.keys = keys
+        state._index = None
+        # The read-only columns are taken as they are (no copy: they are never
+        # written in place, and growing reallocates); the posteriors get their own.
+        for col, values in (
+            ("alpha0", prior_alpha), ("beta0", prior_beta), ("weak", weak), ("strong", strong),
+        ):  # fmt: skip
+            if len(values) != n:
+                raise ValueError(f"column {col} has {len(values)} entries for {n} keys")
+            state._cols[col] = np.ascontiguousarray(values, dtype=np.float64)
+        state._cols["alpha"] = np.array(prior_alpha if alpha is None else alpha, dtype=np.float64)
+        state._cols["beta"] = np.array(prior_beta if beta is None else beta, dtype=np.float64)
+        return state
+
+    def trim(self) -> None:
+        """Drops the spare capacity of the columns (after a pool was loaded whole)."""
+        n = len(self.keys)
+        for name, buf in self._cols.items():
+            if len(buf) != n:
+                self._cols[name] = buf[:n].copy()
 
     # ------------------------------------------------------------ statistics
     def posterior_mean(self) -> FloatArray:
@@ -271,13 +380,15 @@ class PoolState:
         for _ in range(6):
             arrays.append(np.frombuffer(data, dtype="<f8", count=n, offset=pos).astype(np.float64))
             pos += 8 * n
-        state.alpha, state.beta, state.alpha0, state.beta0, state.weak, state.strong = arrays
         blob = data[pos:]
-        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        if int(offsets[-1]) != len(blob):
+        if int(lengths.sum(dtype=np.int64)) != len(blob):
             raise InvalidInputError("serialised pool is truncated or corrupt")
-        state.keys = [blob[offsets[i] : offsets[i + 1]].decode("utf-8") for i in range(n)]
-        state.index = {k: i for i, k in enumerate(state.keys)}
+        alpha, beta, alpha0, beta0, weak, strong = arrays
+        loaded = cls.from_columns(
+            state.name, state.config, split_keys(blob, lengths), weak, strong, alpha0, beta0
+        )
+        loaded.alpha, loaded.beta = alpha, beta
+        state = loaded
         cap = header["capability"]
         state.capability = math.nan if cap is None else float(cap)
         state.steps_applied = int(header["steps_applied"])
@@ -289,28 +400,101 @@ class PoolState:
         return state
 
 
-@dataclass
-class _Derived:
-    """Per-task arrays the update needs, computed once per task-table version."""
+_COLUMNS = ("alpha", "beta", "alpha0", "beta0", "weak", "strong")
 
-    has_ref: npt.NDArray[np.bool_]
-    weak0: FloatArray  # weak with 0 where unknown
-    gap: FloatArray  # strong - weak with 0 where unknown
-    ref_count: int
-    uniform_prior: tuple[float, float] | None  # (alpha0, beta0) if shared by all tasks
-    no_ref: npt.NDArray[np.int64]  # indices of the tasks without reference rates
-    scratch: FloatArray  # a reusable work array of the pool's size (no page faults per step)
+
+def _appended(buf: npt.NDArray[Any], n: int, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``buf`` (its first ``n`` entries in use) with ``values`` written after them.
+
+    Reallocates only when full, to at least twice the size: O(len(values)) amortised.
+    """
+    m = len(values)
+    if n + m > len(buf):
+        grown = np.empty(max(n + m, 2 * len(buf)), dtype=buf.dtype)
+        grown[:n] = buf[:n]
+        buf = grown
+    buf[n : n + m] = values
+    return buf
+
+
+def split_keys(blob: bytes, lengths: npt.NDArray[Any]) -> list[str]:
+    """Keys of a concatenation of UTF-8 keys with the given byte lengths."""
+    if not len(lengths):
+        return []
+    if blob.isascii():
+        # One decode, then split at the ends: no slice per key of the bytes.
+        text = blob.decode("ascii")
+        ends = np.cumsum(lengths, dtype=np.int64).tolist()
+        return [text[s:e] for s, e in zip([0, *ends[:-1]], ends)]
+    ends = np.cumsum(lengths, dtype=np.int64).tolist()
+    return [blob[s:e].decode("utf-8") for s, e in zip([0, *ends[:-1]], ends)]
+
+
+class _Derived:
+    """Per-task arrays the update needs; grown with the table, rebuilt when a column is replaced."""
+
+    def __init__(self) -> None:
+        self._has_ref = np.zeros(0, dtype=bool)
+        self._weak0 = np.zeros(0)
+        self._gap = np.zeros(0)
+        self._no_ref = np.zeros(0, dtype=np.int64)
+        self._n = 0
+        self._n_no_ref = 0
+        self.ref_count = 0
+        self._prior: tuple[float, float] | None = None
+        self._mixed_prior = False
+        self._scratch = np.zeros(0)
+
+    @property
+    def has_ref(self) -> npt.NDArray[np.bool_]:
+        return self._has_ref[: self._n]
+
+    @property
+    def weak0(self) -> FloatArray:  # weak with 0 where unknown
+        return self._weak0[: self._n]
+
+    @property
+    def gap(self) -> FloatArray:  # strong - weak with 0 where unknown
+        return self._gap[: self._n]
+
+    @property
+    def no_ref(self) -> npt.NDArray[np.int64]:  # tasks without rates
+        return self._no_ref[: self._n_no_ref]
+
+    @property
+    def uniform_prior(self) -> tuple[float, float] | None:
+        """(alpha0, beta0) if every task has that prior."""
+        return None if self._mixed_prior else self._prior
+
+    @property
+    def scratch(self) -> FloatArray:
+        """A reusable work array of the pool's size (no page faults per step)."""
+        if len(self._scratch) < self._n:
+            self._scratch = np.zeros(self._n + self._n // 2)
+        return self._scratch[: self._n]
 
     @classmethod
     def build(cls, state: PoolState) -> _Derived:
-        has_ref = ~np.isnan(state.weak)
-        weak0 = np.where(has_ref, state.weak, 0.0)
-        gap = np.where(has_ref, state.strong - state.weak, 0.0)
-        prior: tuple[float, float] | None = None
-        if state.task_count:
-            a, b = float(state.alpha0[0]), float(state.beta0[0])
-            if np.all(state.alpha0 == a) and np.all(state.beta0 == b):
-                prior = (a, b)
-        no_ref = np.flatnonzero(~has_ref).astype(np.int64)
-        scratch = np.zeros(state.task_count)
-        return cls(has_ref, weak0, gap, int(has_ref.sum()), prior, no_ref, scratch)
+        d = cls()
+        d.extend(state, 0)
+        return d
+
+    def extend(self, state: PoolState, n0: int) -> None:
+        """Adds tasks ``n0:`` of ``state`` (the tasks before are already in)."""
+        n = state.task_count
+        weak, strong = state.weak[n0:], state.strong[n0:]
+        has_ref = ~np.isnan(weak)
+        self._has_ref = _appended(self._has_ref, n0, has_ref)
+        self._weak0 = _appended(self._weak0, n0, np.where(has_ref, weak, 0.0))
+        self._gap = _appended(self._gap, n0, np.where(has_ref, strong - weak, 0.0))
+        no_ref = np.flatnonzero(~has_ref).astype(np.int64) + n0
+        self._no_ref = _appended(self._no_ref, self._n_no_ref, no_ref)
+        self._n_no_ref += len(no_ref)
+        self.ref_count += int(has_ref.sum())
+        a0, b0 = state.alpha0[n0:], state.beta0[n0:]
+        if len(a0) and not self._mixed_prior:
+            if self._prior is None:
+                self._prior = (float(a0[0]), float(b0[0]))
+            a, b = self._prior
+            self._mixed_prior = not (np.all(a0 == a) and np.all(b0 == b))
+        self._n = n

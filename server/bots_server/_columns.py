@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import InvalidInputError
+from bots_core import InvalidInputError, split_keys
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -82,10 +82,26 @@ class Columns:
             pos += 8 * n
         lengths = np.frombuffer(body, dtype="<u2", count=n, offset=pos)
         pos += 2 * n
-        ends = np.cumsum(lengths, dtype=np.int64) + pos
-        starts = ends - lengths
-        keys = [body[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist())]
+        if int(lengths.sum(dtype=np.int64)) != len(body) - pos:
+            raise InvalidInputError("corrupt task chunk")
+        keys = split_keys(body[pos:], lengths)
         return cls(keys, cols[0], cols[1], cols[2], cols[3])
+
+    @classmethod
+    def join(cls, parts: Sequence[Columns]) -> Columns:
+        """The columns of ``parts`` one after the other (one copy, not one per part)."""
+        if not parts:
+            return cls.empty()
+        keys: list[str] = []
+        for part in parts:
+            keys.extend(part.keys)
+        return cls(
+            keys,
+            np.concatenate([c.weak for c in parts]),
+            np.concatenate([c.strong for c in parts]),
+            np.concatenate([c.prior_alpha for c in parts]),
+            np.concatenate([c.prior_beta for c in parts]),
+        )
 
 
 def columns_of(specs: Sequence[object]) -> Columns:

@@ -25,12 +25,15 @@ import math
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 import redis.cluster
+from bots_core import InvalidInputError
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -210,7 +213,11 @@ class RedisStore(LogStore):
         raise StoreUnavailable(f"pool {short(h.name)} keeps moving under this replica; retry")
 
     def _load(self, keys: rk.PoolKeys, task_count: int) -> PoolRuntime | None:
-        """The runtime from the pool's checkpoint and task chunks (None if they vanished)."""
+        """The runtime from the pool's checkpoint and task chunks (None if they vanished).
+
+        Chunks are decompressed on two threads (zlib releases the GIL) and
+        joined with one copy; the key index is built later, on first use.
+        """
         names = keys.chunks(task_count)
         pipe = self.r.pipeline(transaction=False)
         pipe.hget(keys.ckpt, "image")
@@ -219,12 +226,14 @@ class RedisStore(LogStore):
         image, *blobs = pipe.execute()
         if image is None or any(b is None for b in blobs):
             return None
-        tasks = Columns.empty()
-        for blob in blobs:
-            tasks = tasks.concat(Columns.decode(blob))
         try:
-            return decode_image(image, self.retention, tasks)
-        except CorruptImage as exc:
+            if len(blobs) > 1:
+                with ThreadPoolExecutor(2, thread_name_prefix="bots-load") as ex:
+                    parts = list(ex.map(Columns.decode, blobs))
+            else:
+                parts = [Columns.decode(b) for b in blobs]
+            return decode_image(image, self.retention, Columns.join(parts))
+        except (CorruptImage, InvalidInputError, zlib.error) as exc:
             raise DataLoss(
                 f"pool {short(keys.pool)}: its checkpoint in Redis is damaged: {exc}"
             ) from exc

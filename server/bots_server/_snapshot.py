@@ -166,21 +166,27 @@ def _decode(
         return out
 
     def f8(count: int) -> FloatArray:
-        return np.frombuffer(take(8 * count), dtype="<f8").astype(np.float64)
+        nonlocal pos
+        if pos + 8 * count > len(body):
+            raise ValueError("body shorter than its header says")
+        out = np.frombuffer(body, dtype="<f8", count=count, offset=pos).astype(np.float64)
+        pos += 8 * count
+        return out
 
     alpha, beta = f8(n), f8(n)
     if h["tasks"]:
         tasks = Columns.decode(take(h["tasks"]))
     if tasks is None or len(tasks) < n:
         raise ValueError("the checkpoint's task table is missing")
-    state = PoolState(eng["name"], PoolConfig.from_dict(eng["config"]))
-    c = tasks.slice(0, n)
-    state.extend_columns(c.keys, c.weak, c.strong, c.prior_alpha, c.prior_beta)
     if n and not (
         np.all(np.isfinite(alpha) & (alpha > 0)) and np.all(np.isfinite(beta) & (beta > 0))
     ):
         raise CorruptImage("posteriors that are not finite and positive")
-    state.alpha, state.beta = alpha, beta
+    keys = tasks.keys if len(tasks) == n else tasks.keys[:n]
+    state = PoolState.from_columns(
+        eng["name"], PoolConfig.from_dict(eng["config"]), keys, tasks.weak[:n],
+        tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n], alpha, beta,
+    )  # fmt: skip
     cap = eng["capability"]
     state.capability = math.nan if cap is None else float(cap)
     state.steps_applied = int(eng["steps_applied"])

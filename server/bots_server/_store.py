@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import PoolConfig, PoolState, TaskSpec
+from bots_core import MAX_KEY_BYTES, PoolConfig, PoolState, TaskSpec
 
 from bots_server._errors import InvalidArgument, ResourceExhausted
 from bots_server._model import OutcomeIn, PoolHeaderView, PoolStats, ReportAck, SelectionView
@@ -52,7 +52,53 @@ class PoolDump:
         arrays = [self.weak, self.strong, self.prior_alpha, self.prior_beta, self.alpha, self.beta]
         if any(len(a) != n for a in arrays):
             raise InvalidArgument("import arrays differ in length")
-        state = PoolState(h.name, h.config)
+        state = self._fast_state() or self._checked_state()
+        if state.task_count != n:
+            raise InvalidArgument("import holds a task key twice")
+        for label, arr in (("alpha", self.alpha), ("beta", self.beta)):
+            if n and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
+                raise InvalidArgument(f"import has a non-finite or non-positive {label}")
+        state.alpha = np.array(self.alpha, dtype=np.float64)
+        state.beta = np.array(self.beta, dtype=np.float64)
+        if not (math.isnan(h.capability) or math.isfinite(h.capability)):
+            raise InvalidArgument("import capability must be finite or NaN")
+        state.capability = h.capability
+        state.steps_applied = h.steps_applied
+        state.selections_opened = h.selections_opened
+        return state
+
+    def _fast_state(self) -> PoolState | None:
+        """The state from whole columns when every task is valid (vectorised checks), else None."""
+        keys, n = self.keys, len(self.keys)
+        cols = [np.asarray(a, dtype=np.float64) for a in (self.weak, self.strong)]
+        priors = [np.asarray(a, dtype=np.float64) for a in (self.prior_alpha, self.prior_beta)]
+        try:
+            joined = "".join(keys)
+            lengths = list(map(len, keys)) if joined.isascii() else [len(k.encode()) for k in keys]
+        except (TypeError, UnicodeEncodeError):
+            return None
+        if n and not (min(lengths) >= 1 and max(lengths) <= MAX_KEY_BYTES):
+            return None
+        has_w, has_g = ~np.isnan(cols[0]), ~np.isnan(cols[1])
+        if not np.array_equal(has_w, has_g):
+            return None
+        for c in cols:
+            if not np.all((c[has_w] >= 0.0) & (c[has_w] <= 1.0)):
+                return None
+        for p in priors:
+            if not np.all((p > 0.0) & (p <= 1e9)):  # NaN and inf fail too
+                return None
+        index = dict(zip(keys, range(n)))
+        if len(index) != n:
+            return None  # a key twice: the checked path says which
+        h = self.header
+        state = PoolState.from_columns(h.name, h.config, list(keys), *cols, *priors)
+        state.index = index
+        return state
+
+    def _checked_state(self) -> PoolState:
+        """The state task by task (the first invalid task raises its own error)."""
+        state = PoolState(self.header.name, self.header.config)
         state.add_tasks(
             [
                 TaskSpec(k, float(w), float(g), float(a0), float(b0))
@@ -61,18 +107,6 @@ class PoolDump:
                 )
             ]
         )
-        if state.task_count != n:
-            raise InvalidArgument("import holds a task key twice")
-        for label, arr in (("alpha", self.alpha), ("beta", self.beta)):
-            if n and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
-                raise InvalidArgument(f"import has a non-finite or non-positive {label}")
-        state.alpha = np.asarray(self.alpha, dtype=np.float64).copy()
-        state.beta = np.asarray(self.beta, dtype=np.float64).copy()
-        if not (math.isnan(h.capability) or math.isfinite(h.capability)):
-            raise InvalidArgument("import capability must be finite or NaN")
-        state.capability = h.capability
-        state.steps_applied = h.steps_applied
-        state.selections_opened = h.selections_opened
         return state
 
 

@@ -90,7 +90,13 @@ class FakeStore(Store):
         self._check()
 
     def select(
-        self, name: str, batch_size: int, run_id: str, step: int, expected_trials: float
+        self,
+        name: str,
+        batch_size: int,
+        run_id: str,
+        step: int,
+        expected_trials: float,
+        wait_seconds: float = 0.0,
     ) -> SelectionView:
         self._check()
         n = batch_size

@@ -15,6 +15,7 @@ import bots_core._select as select_module
 import numpy as np
 import pytest
 from bots_core import (
+    CorruptStateError,
     InvalidInputError,
     PoolConfig,
     PoolState,
@@ -85,7 +86,7 @@ def test_beta_draws_follow_the_beta_distribution(a: float, b: float) -> None:
     n = 20_000
     rng = np.random.default_rng(20251026)
     draws = beta_draws(np.full(n, a), np.full(n, b), rng)
-    assert draws.dtype == np.float32
+    assert draws.dtype == np.float64
     assert np.all((draws >= 0.0) & (draws <= 1.0))
     assert ks_float32(draws, stats.beta(a, b)) > P_MIN
 
@@ -328,3 +329,49 @@ def test_batch_size_outside_pool_is_rejected(mode: SelectionMode, batch_size: in
 def test_whole_pool_can_be_selected_once_each() -> None:
     state = make_pool(5)
     assert sorted(select_batch(state, 5, 0).indices.tolist()) == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------------------ the kernel itself
+def test_kernel_normals_and_gammas_follow_their_laws() -> None:
+    from bots_core import _kernel
+
+    seed = np.random.SeedSequence(31).generate_state(4, np.uint64)
+    assert stats.kstest(_kernel.normals(seed, 200_000), "norm").pvalue > P_MIN
+    # Tails: the ziggurat's base strip and the tail beyond 3.65 are hit as often as they should.
+    z = _kernel.normals(seed, 2_000_000)
+    assert binomial_ok(int(np.count_nonzero(np.abs(z) > 3.6541528853610088)), len(z), 2.58e-4)
+    for shape in (0.01, 0.3, 1.0, 2.5, 40.0, 1e6):
+        g = _kernel.gammas(seed, np.full(50_000, shape))
+        assert stats.kstest(g, stats.gamma(shape).cdf).pvalue > P_MIN, shape
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 0.0, -1.0])
+@pytest.mark.parametrize("mode", [SelectionMode.THOMPSON, SelectionMode.SOFTMAX])
+def test_a_posterior_that_is_not_a_positive_number_raises_instead_of_looping(
+    bad: float, mode: SelectionMode
+) -> None:
+    state = make_pool(BIG, mode=mode)
+    state.alpha[BIG - 3] = bad
+    with pytest.raises(CorruptStateError):
+        select_batch(state, 8, 0)
+    with pytest.raises(CorruptStateError):
+        beta_draws(np.array([1.0, bad]), np.array([1.0, 1.0]), np.random.default_rng(0))
+
+
+def test_thompson_candidates_keep_every_task_tied_at_the_cut() -> None:
+    # Shapes of 1e300 make every draw exactly 0.5 (key 0): each chunk's heap
+    # keeps k of them, but every tied task must reach the random tie-break.
+    n = 2 * select_module.CHUNK + 10
+    state = make_pool(n, seed=2)
+    state.alpha[:] = 1e300
+    state.beta[:] = 1e300
+    idx, (draws, keys) = select_module.thompson_candidates(
+        state.alpha, state.beta, 0.5, 4, np.random.SeedSequence(5)
+    )
+    assert np.array_equal(idx, np.arange(n))
+    assert np.all(draws == 0.5) and np.all(keys == 0.0)
+    picked = np.concatenate([select_batch(state, 4, k).indices for k in range(300)])
+    per_chunk = np.bincount(picked // select_module.CHUNK, minlength=3)
+    share = select_module.CHUNK / n
+    assert binomial_ok(int(per_chunk[0]), len(picked), share)
+    assert binomial_ok(int(per_chunk[1]), len(picked), share)
