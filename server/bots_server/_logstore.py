@@ -286,9 +286,7 @@ class LogStore(Store):
     def import_pool(self, dump: PoolDump) -> PoolStats:
         runtime = self._new_runtime(dump.to_state(self.max_tasks))
         if not self._install(runtime):
-            raise AlreadyExists(
-                f"pool {short(dump.header.name)} already exists; import under another name"
-            )
+            raise AlreadyExists(f"pool {short(dump.header.name)} already exists")
         return runtime.stats()
 
     def expire_due(self) -> int:

@@ -90,9 +90,9 @@ def test_disk_full_answers_an_error_loses_nothing_and_recovers(server_process):
         assert acked == [0, 1] and refused == list(range(2, 12))
         # The short write of record 3 and the refused ones after it were cut back:
         # the segment holds exactly the acknowledged frames, no torn one in between.
-        assert segment.stat().st_size == 2 * frame
         records, damage = read_segments(pool_dir(server, "p"))
         assert damage is None and [seq for seq, _ in records] == [1, 2]
+        assert segment.stat().st_size == sum(len(_journal.frame(q, p)) for q, p in records)
         assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.steps_applied == len(acked)
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (soft, hard))  # space is back
         for i in refused:  # the client's retries, same request ids
