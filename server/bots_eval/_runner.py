@@ -30,7 +30,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers", "sharing", "sharing_ablation")
-DEFAULT_SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers", "sharing")
+DEFAULT_SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers")
 BASELINE = "uniform"
 _SEPARATE_SEED_STRIDE = 1_000_003
 
