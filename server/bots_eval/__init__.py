@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bots_eval._backend import EngineBackend, GrpcBackend, PoolBackend
 from bots_eval._cli import build_parser, main, write_outputs
+from bots_eval._experiment import run_experiment
 from bots_eval._learner import Learner, LearnerModel, World, make_world
 from bots_eval._methods import METHOD_NAMES, METHODS, Method
 from bots_eval._metrics import (
@@ -19,16 +20,19 @@ from bots_eval._metrics import (
     time_to_baseline,
 )
 from bots_eval._runner import (
+    ARMS,
     SWEEPS,
     TRAINER_ARMS,
+    Arm,
     Experiment,
     RunResult,
     SimConfig,
     TrainerGroupResult,
-    run_experiment,
+    run_group,
     run_single,
     run_trainers,
 )
+from bots_eval._sharing import SCENARIOS, SharingRow, summarize_sharing
 from bots_eval._summary import (
     Finding,
     TrainerSummary,
@@ -39,10 +43,13 @@ from bots_eval._summary import (
 )
 
 __all__ = [
+    "ARMS",
     "METHODS",
     "METHOD_NAMES",
+    "SCENARIOS",
     "SWEEPS",
     "TRAINER_ARMS",
+    "Arm",
     "EngineBackend",
     "Experiment",
     "Finding",
@@ -53,6 +60,7 @@ __all__ = [
     "Method",
     "PoolBackend",
     "RunResult",
+    "SharingRow",
     "SimConfig",
     "StepRatios",
     "TrainerGroupResult",
@@ -69,11 +77,13 @@ __all__ = [
     "pearson",
     "roc_auc",
     "run_experiment",
+    "run_group",
     "run_single",
     "run_trainers",
     "step_ratios",
     "steps_to_reach",
     "summarize",
+    "summarize_sharing",
     "summarize_trainers",
     "time_to_baseline",
     "write_outputs",

@@ -32,18 +32,20 @@ _ADD_CHUNK = 10_000
 class PoolBackend(Protocol):
     """One pool a simulated trainer selects from and reports to."""
 
-    def select(self, batch_size: int) -> IntArray:
-        """Opens a selection and returns its task indices."""
+    def select(self, batch_size: int, run: str = "") -> IntArray:
+        """Opens a selection for ``run`` and returns its task indices."""
         ...
 
-    def report(self, indices: IntArray, successes: FloatArray, trials: FloatArray) -> None:
-        """Reports the open selection's outcomes and closes it (one update)."""
+    def report(
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
+    ) -> None:
+        """Reports the outcomes of ``run``'s open selection and closes it (one update)."""
         ...
 
     def report_standalone(
-        self, indices: IntArray, successes: FloatArray, trials: FloatArray
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
     ) -> None:
-        """Reports outcomes of tasks chosen outside the engine (one update)."""
+        """Reports outcomes of tasks chosen outside the engine as a step of ``run``."""
         ...
 
     def capability(self) -> float:
@@ -72,23 +74,25 @@ class EngineBackend:
         ]
         self.state.add_tasks(specs)
 
-    def select(self, batch_size: int) -> IntArray:
+    def select(self, batch_size: int, run: str = "") -> IntArray:
         """See :class:`PoolBackend`."""
         st = self.state
-        sel = engine_select(st, batch_size, st.selections_opened)
+        sel = engine_select(st, batch_size, st.selections_opened, run=run)
         st.selections_opened += 1
         return sel.indices
 
-    def report(self, indices: IntArray, successes: FloatArray, trials: FloatArray) -> None:
-        """See :class:`PoolBackend`."""
-        order = np.argsort(indices, kind="stable")
-        apply_step(self.state, Evidence(indices[order], successes[order], trials[order]))
-
-    def report_standalone(
-        self, indices: IntArray, successes: FloatArray, trials: FloatArray
+    def report(
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
     ) -> None:
         """See :class:`PoolBackend`."""
-        self.report(indices, successes, trials)
+        order = np.argsort(indices, kind="stable")
+        apply_step(self.state, Evidence(indices[order], successes[order], trials[order]), run=run)
+
+    def report_standalone(
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
+    ) -> None:
+        """See :class:`PoolBackend`."""
+        self.report(indices, successes, trials, run)
 
     def capability(self) -> float:
         """See :class:`PoolBackend`."""
@@ -140,8 +144,10 @@ class GrpcBackend:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100]
         self.pool = f"{safe}-{uuid.uuid4().hex[:12]}"
         self._keys = world.keys()
-        self._step = 0
-        self._selection_id = ""
+        # Per run id: the next step number and the open selection. Trainers that
+        # share a run id take turns, so they share its step counter.
+        self._steps: dict[str, int] = {}
+        self._open: dict[str, str] = {}
         self.stub.CreatePool(
             pb.CreatePoolRequest(name=self.pool, config=config_message(config)),
             timeout=RPC_TIMEOUT_S,
@@ -156,20 +162,37 @@ class GrpcBackend:
                 timeout=RPC_TIMEOUT_S,
             )
 
-    def select(self, batch_size: int) -> IntArray:
+    def _run_id(self, run: str) -> str:
+        # A selection without a run id is never deduplicated; the pool name
+        # stands in for the one anonymous trainer of a pool. The engine treats a
+        # single run the same whatever its name.
+        return run or self.pool
+
+    def select(self, batch_size: int, run: str = "") -> IntArray:
         """See :class:`PoolBackend`."""
+        run_id = self._run_id(run)
         resp = self.stub.SelectBatch(
             pb.SelectBatchRequest(
-                pool=self.pool, batch_size=batch_size, run_id=self.pool, step=self._step
+                pool=self.pool,
+                batch_size=batch_size,
+                run_id=run_id,
+                step=self._steps.get(run_id, 0),
             ),
             timeout=RPC_TIMEOUT_S,
         )
-        self._selection_id = resp.selection_id
+        self._open[run_id] = resp.selection_id
         return np.fromiter((t.index for t in resp.tasks), dtype=np.int64, count=len(resp.tasks))
 
     def _send(
-        self, selection_id: str, indices: IntArray, successes: FloatArray, trials: FloatArray
+        self,
+        selection_id: str,
+        run: str,
+        indices: IntArray,
+        successes: FloatArray,
+        trials: FloatArray,
     ) -> None:
+        run_id = self._run_id(run)
+        step = self._steps.get(run_id, 0)
         outcomes = [
             pb.Outcome(task_key=self._keys[int(i)], successes=float(s), trials=float(t))
             for i, s, t in zip(indices, successes, trials, strict=True)
@@ -177,27 +200,31 @@ class GrpcBackend:
         self.stub.ReportOutcomes(
             pb.ReportOutcomesRequest(
                 pool=self.pool,
-                request_id=f"{self.pool}-r{self._step}",
+                request_id=f"{self.pool}-{run}-r{step}" if run else f"{self.pool}-r{step}",
                 selection_id=selection_id,
                 outcomes=outcomes,
                 final=bool(selection_id),
+                # A report naming a selection belongs to that selection's run.
+                run_id="" if selection_id else run,
             ),
             timeout=RPC_TIMEOUT_S,
         )
-        self._step += 1
+        self._steps[run_id] = step + 1
 
-    def report(self, indices: IntArray, successes: FloatArray, trials: FloatArray) -> None:
-        """See :class:`PoolBackend`."""
-        sid, self._selection_id = self._selection_id, ""
-        if not sid:
-            raise RuntimeError("report() without an open selection")
-        self._send(sid, indices, successes, trials)
-
-    def report_standalone(
-        self, indices: IntArray, successes: FloatArray, trials: FloatArray
+    def report(
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
     ) -> None:
         """See :class:`PoolBackend`."""
-        self._send("", indices, successes, trials)
+        sid = self._open.pop(self._run_id(run), "")
+        if not sid:
+            raise RuntimeError(f"report() without an open selection of run {run!r}")
+        self._send(sid, run, indices, successes, trials)
+
+    def report_standalone(
+        self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
+    ) -> None:
+        """See :class:`PoolBackend`."""
+        self._send("", run, indices, successes, trials)
 
     def capability(self) -> float:
         """See :class:`PoolBackend`."""

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import grpc
 
+from bots_eval._experiment import run_experiment
 from bots_eval._methods import METHOD_NAMES
 from bots_eval._plots import plots_available, write_plots
 from bots_eval._report import render_json, render_markdown
-from bots_eval._runner import SWEEPS, Experiment, SimConfig, run_experiment
+from bots_eval._runner import DEFAULT_SWEEPS, SWEEPS, Experiment, SimConfig
 from bots_eval._summary import findings as check_findings
 from bots_eval._summary import summarize, summarize_trainers
 
@@ -31,6 +32,16 @@ def _names(text: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
             f"unknown {what}: {', '.join(bad)} (known: {', '.join(known)})"
         )
     return names
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("numbers of runs must be >= 1")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sweep",
         type=lambda s: _names(s, SWEEPS, "sweeps"),
-        help=f"comma-separated sweeps to run, or 'none' (default {','.join(SWEEPS)})",
+        help=f"comma-separated sweeps to run, or 'none' (default {','.join(DEFAULT_SWEEPS)})",
     )
     p.add_argument("--trainers", type=int, help="trainers K sharing a pool (default 4)")
+    p.add_argument(
+        "--sharing-runs",
+        type=_counts,
+        help="comma-separated numbers of runs K of the sharing sweep (default 1,2,4,8)",
+    )
+    p.add_argument(
+        "--head-start",
+        type=float,
+        help="how much stronger (logits) the strong runs of the sharing sweep start (default 2)",
+    )
     p.add_argument(
         "--server",
         metavar="ADDR",
@@ -78,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The simulation config the parsed arguments ask for."""
     values: dict[str, object] = dict(QUICK) if args.quick else {}
-    for field in ("seeds", "steps", "tasks", "batch_size", "rollouts", "trainers", "server"):
+    for field in ("seeds", "steps", "tasks", "batch_size", "rollouts", "trainers", "server",
+                  "sharing_runs", "head_start"):  # fmt: skip
         value = getattr(args, field)
         if value is not None:
             values[field] = value

@@ -161,12 +161,14 @@ class Learner:
     Args:
         world: The tasks and the learner's starting point. Several learners
             built from one world start as the same model.
+        head_start: Added to the initial global ability: a stronger model of
+            the same family (same skills and quirks) starts this much higher.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, head_start: float = 0.0) -> None:
         self.world = world
         m = world.model
-        self.ability = m.initial_ability
+        self.ability = m.initial_ability + head_start
         self.skill_ability: FloatArray = world.skill_offset.copy()
         self.task_bonus: FloatArray = np.zeros(world.task_count)
         self._base = world.quirk - world.difficulty

@@ -10,7 +10,8 @@ import numpy as np
 
 from bots_eval._methods import LAMBDA, RHO
 from bots_eval._metrics import FloatArray, curve_ci, rolling_mean
-from bots_eval._runner import TRAINER_ARMS, Experiment
+from bots_eval._runner import ARMS, TRAINER_ARMS, Experiment
+from bots_eval._sharing import reach_step, summarize_sharing
 from bots_eval._summary import FRACTIONS, VariantSummary, summarize_trainers
 
 if TYPE_CHECKING:
@@ -25,10 +26,13 @@ _COLORS = {
     "greedy": "#9467bd",
     "bots": "#d62728",
 }
-_ARM_LABELS = {
-    "separate": "separate pools",
-    "shared": f"one shared pool ({LAMBDA})",
-    "shared_scaled": f"one shared pool ({LAMBDA}/K)",
+_ARM_LABELS = {name: arm.label for name, arm in ARMS.items()}
+_ARM_COLORS = {
+    "separate": "#1f77b4",
+    "shared": "#d62728",
+    "one_run": "#7f7f7f",
+    "one_run_per_run_step": "#2ca02c",
+    "runs_per_pool_step": "#ff7f0e",
 }
 _DPI = 110
 
@@ -96,6 +100,8 @@ def write_plots(exp: Experiment, summaries: dict[str, VariantSummary], out: Path
         written.append(_plot_sweeps(exp, out / "sweeps.png"))
     if exp.trainer_runs:
         written.append(_plot_trainers(exp, out / "trainers.png"))
+    if exp.sharing_runs:
+        written.append(_plot_sharing(exp, out / "sharing.png"))
     return written
 
 
@@ -218,7 +224,7 @@ def _plot_sweeps(exp: Experiment, path: Path) -> Path:
 def _plot_trainers(exp: Experiment, path: Path) -> Path:
     fig, axes = _figure(2)
     method = exp.config.trainer_methods[0]
-    colors = {"separate": "#1f77b4", "shared": "#d62728", "shared_scaled": "#2ca02c"}
+    colors = _ARM_COLORS
 
     def mean_curves(arm: str) -> FloatArray:
         groups = sorted(
@@ -249,4 +255,73 @@ def _plot_trainers(exp: Experiment, path: Path) -> Path:
     axes[1].set_xlabel("steps each trainer needs to reach uniform's final accuracy")
     axes[1].set_title("Steps to target (mean, 95 % CI over seeds)")
     axes[1].grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _k_axis(ax: Axes, rows: Sequence[Any]) -> None:
+    ks = sorted({r.runs for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("runs sharing the pool K")
+
+
+def _plot_sharing(exp: Experiment, path: Path) -> Path:
+    rows = summarize_sharing(exp)
+    fig, axes = _figure(3, width=5.2, height=4.4)
+    arms = list(dict.fromkeys(r.arm for r in rows))
+    panels = (
+        (axes[0], "same", ("all",), "Same model: K runs on one pool"),
+        (axes[1], "mixed", ("weak", "strong"),
+         f"Mixed: odd runs start +{exp.config.head_start:g} stronger"),
+    )  # fmt: skip
+    offset = {arm: 0.04 * (i - (len(arms) - 1) / 2) for i, arm in enumerate(arms)}
+    for ax, scenario, groups, title in panels:
+        for arm in arms:
+            for group in groups:
+                sel = [r for r in rows if r.arm == arm and r.scenario == scenario
+                       and r.group == group]  # fmt: skip
+                if not sel:
+                    continue
+                ks = np.array([r.runs for r in sel], dtype=np.float64)
+                means = np.array([r.ratio.mean for r in sel])
+                halves = np.nan_to_num(np.array([r.ratio.half_width for r in sel]))
+                default = arm == "shared"
+                ax.errorbar(
+                    ks * (1.0 + offset[arm]) * (1.03 if group == "strong" else 1.0),
+                    means, yerr=halves, color=_ARM_COLORS.get(arm),
+                    marker="s" if group == "strong" else "o",
+                    ls="-" if group != "strong" else "--",
+                    lw=2.0 if default else 1.0, capsize=3,
+                    label=_ARM_LABELS[arm] if group != "strong" else None,
+                )  # fmt: skip
+        ax.axhline(1.0, color="black", lw=0.8)
+        if scenario == "same":
+            ax.axhline(0.9, color="black", lw=0.8, ls=":", label="goal 0.9")
+        else:
+            ax.plot([], [], "ko-", label="weak runs (circles, solid)")
+            ax.plot([], [], "ks--", label="strong runs (squares, dashed)")
+        _k_axis(ax, rows)
+        ax.set_ylabel(
+            f"steps to separate pools' accuracy at step {reach_step(exp.config.steps)}\n"
+            "shared / separate (mean, 95 % CI over seeds)"
+        )
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    ax = axes[2]
+    for arm in ["separate", *arms]:
+        sel = [r for r in rows if r.arm == arm and r.scenario == "same"]
+        if arm == "separate":
+            sel = [r for r in rows if r.arm == arms[0] and r.scenario == "same"]
+        if not sel:
+            continue
+        ks = np.array([r.runs for r in sel], dtype=np.float64)
+        ms = [r.select_ms_separate.mean if arm == "separate" else r.select_ms.mean for r in sel]
+        ax.plot(ks, ms, "o-", color=_ARM_COLORS.get(arm), label=_ARM_LABELS[arm])
+    _k_axis(ax, rows)
+    ax.set_ylim(bottom=0.0)
+    ax.set_ylabel("median ms per selection (in-process)")
+    ax.set_title("Selection cost, same-model runs", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
     return _save(fig, path)

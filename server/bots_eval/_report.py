@@ -10,7 +10,8 @@ from typing import Any
 
 from bots_eval._methods import LAMBDA, RHO
 from bots_eval._metrics import Interval
-from bots_eval._runner import Experiment
+from bots_eval._runner import ARMS, Experiment
+from bots_eval._sharing import REACH_FRACTION, reach_step, summarize_sharing
 from bots_eval._summary import (
     FRACTIONS,
     Finding,
@@ -20,11 +21,7 @@ from bots_eval._summary import (
     late_steps,
 )
 
-_ARM_TEXT = {
-    "separate": "separate pools",
-    "shared": f"one shared pool, same {LAMBDA}",
-    "shared_scaled": f"one shared pool, {LAMBDA}/K",
-}
+_ARM_TEXT = {name: arm.label for name, arm in ARMS.items()}
 
 
 def _pct(x: float) -> str:
@@ -134,10 +131,40 @@ def render_markdown(
                 for t in trainers
             ],
         )  # fmt: skip
+    lines += _sharing_section(exp)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _sharing_section(exp: Experiment) -> list[str]:
+    rows = summarize_sharing(exp)
+    if not rows:
+        return []
+    c = exp.config
+    lines = [
+        "",
+        "## Sharing one pool across runs (BOTS preset)",
+        "",
+        f"Target of a group: the mean held-out accuracy its separate-pool trainers reach after "
+        f"{reach_step(c.steps)} of {c.steps} steps ({REACH_FRACTION:.0%} of the budget). Ratio: "
+        "mean steps of the group's runs on the shared pool to the target over the same with "
+        "separate pools, per seed (< 1: sharing saves steps). Mixed: odd-numbered runs start "
+        f"+{c.head_start:g} logits stronger. Gain: final held-out accuracy, shared - separate.",
+        "",
+    ]
+    lines += _table(
+        ["runs", "K", "pool", "group", "target", "steps, separate", "steps, shared",
+         "ratio", "final accuracy gain", "select ms (shared / separate)"],
+        [
+            [r.scenario, str(r.runs), _ARM_TEXT[r.arm], r.group, r.target.format(3),
+             r.steps_separate.format(1), r.steps_shared.format(1), r.ratio.format(3),
+             r.final_gain.format(4), f"{r.select_ms.mean:.3f} / {r.select_ms_separate.mean:.3f}"]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return lines
 
 
 def _jsonable(value: Any) -> Any:
@@ -177,6 +204,7 @@ def render_json(
         "findings": _jsonable(found),
         "variants": _jsonable(summaries),
         "trainers": _jsonable(trainers),
+        "sharing": _jsonable(summarize_sharing(exp)),
         "sweeps": {k: [[v, n] for v, n in pts] for k, pts in exp.sweeps.items()},
     }
     return json.dumps(data, indent=2, ensure_ascii=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,29 +16,92 @@ from bots_api.v1 import selector_pb2_grpc
 from bots_core import PoolConfig
 
 from bots_eval._backend import EngineBackend, GrpcBackend, PoolBackend
-from bots_eval._learner import Learner, LearnerModel, World, make_world
+from bots_eval._learner import Learner, LearnerModel, World
 from bots_eval._methods import (
-    LAMBDA,
     METHOD_NAMES,
     METHODS,
-    RHO,
     Method,
     curriculum_batch,
     easy_to_hard_order,
-    sweep_method,
 )
 from bots_eval._metrics import pearson, roc_auc, step_ratios
-from bots_eval._progress import Progress
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers")
+SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers", "sharing", "sharing_ablation")
+DEFAULT_SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers")
 BASELINE = "uniform"
-# Arms of the trainers experiment: separate pools, one shared pool with the
-# same lambda, one shared pool with lambda / K (the same forgetting per round).
-TRAINER_ARMS: tuple[str, ...] = ("separate", "shared", "shared_scaled")
 _SEPARATE_SEED_STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How K trainers trained side by side use the engine.
+
+    Attributes:
+        name: Short name.
+        label: Human-readable description.
+        shared: One pool for all trainers (else a pool each).
+        own_runs: Each trainer selects and reports as its own run
+            ("trainer-<j>"); else all report as one run ("shared").
+        forgetting: How the pool config is set: "default" (the user's
+            config, unchanged), "per_run_step" (forgetting and implicit weight
+            set by hand to 1 - (1 - lambda) ** (1 / K) and rho / K) or
+            "per_pool_step" (set to 1 - (1 - lambda) ** K and min(1, K rho),
+            which the engine's own per-run-step scaling turns back into
+            lambda and rho per pool step).
+    """
+
+    name: str
+    label: str
+    shared: bool
+    own_runs: bool = True
+    forgetting: str = "default"
+
+    def config(self, config: PoolConfig, k: int) -> PoolConfig:
+        """The pool config this arm uses for K trainers."""
+        lam, rho = config.forgetting, config.implicit_weight
+        if self.forgetting == "per_run_step":
+            return config.replace(
+                forgetting=1.0 - (1.0 - lam) ** (1.0 / k), implicit_weight=rho / k
+            )
+        if self.forgetting == "per_pool_step":
+            return config.replace(
+                forgetting=1.0 - (1.0 - lam) ** k, implicit_weight=min(1.0, rho * k)
+            )
+        return config
+
+    def run_id(self, trainer: int) -> str:
+        """The run id trainer ``trainer`` selects and reports with."""
+        return f"trainer-{trainer}" if self.own_runs else "shared"
+
+
+ARMS: dict[str, Arm] = {
+    a.name: a
+    for a in (
+        Arm("separate", "separate pools", shared=False),
+        Arm("shared", "one pool, a run per trainer (default)", shared=True),
+        Arm("one_run", "one pool, all trainers one run", shared=True, own_runs=False),
+        Arm(
+            "one_run_per_run_step",
+            "one pool, one run, forgetting per run-step by hand",
+            shared=True,
+            own_runs=False,
+            forgetting="per_run_step",
+        ),
+        Arm(
+            "runs_per_pool_step",
+            "one pool, a run per trainer, forgetting per pool step",
+            shared=True,
+            forgetting="per_pool_step",
+        ),
+    )
+}
+# Arms of the trainers experiment: separate pools, one pool with a run per
+# trainer (what a user gets), one pool used as a single run (the pool before
+# runs existed: lambda per pool step, no per-run capability).
+TRAINER_ARMS: tuple[str, ...] = ("separate", "shared", "one_run")
 # Estimator quality against the learner's true p is measured every this many steps.
 TRUTH_EVERY = 5
 # How long to wait for a --server to accept the connection.
@@ -57,11 +120,16 @@ class SimConfig:
         seeds: Number of seeds (0 .. seeds - 1).
         methods: Methods to compare (see ``METHODS``); uniform always runs
             as the baseline.
-        sweeps: Which of "lambda", "rho", "trainers" to run.
+        sweeps: Which of ``SWEEPS`` to run ("sharing_ablation" adds the
+            ablation arms to the sharing experiment and implies it).
         lambdas: Forgetting rates of the lambda sweep (rho = 0.1).
         rhos: Implicit weights of the rho sweep (lambda = 0.1).
         trainers: Trainers K of the shared-versus-separate experiment.
         trainer_methods: Methods of that experiment.
+        sharing_runs: Numbers of runs K of the sharing experiment (BOTS
+            preset); its mixed-strength scenario uses the even ones.
+        head_start: How much higher the global ability of the strong runs
+            of the mixed scenario starts (logits).
         model: The simulated learner and tasks.
         server: Address of a BOTS server to select through; None = in-process.
     """
@@ -72,11 +140,13 @@ class SimConfig:
     steps: int = 300
     seeds: int = 5
     methods: tuple[str, ...] = METHOD_NAMES
-    sweeps: tuple[str, ...] = SWEEPS
+    sweeps: tuple[str, ...] = DEFAULT_SWEEPS
     lambdas: tuple[float, ...] = (0.0, 0.03, 0.1, 0.3, 1.0)
     rhos: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6, 1.0)
     trainers: int = 4
     trainer_methods: tuple[str, ...] = ("bots", "explicit_only")
+    sharing_runs: tuple[int, ...] = (1, 2, 4, 8)
+    head_start: float = 2.0
     model: LearnerModel = field(default_factory=LearnerModel)
     server: str | None = None
 
@@ -85,6 +155,8 @@ class SimConfig:
             raise ValueError(f"batch size must be in [1, tasks={self.tasks}]")
         if self.rollouts < 1 or self.steps < 2 or self.seeds < 1 or self.trainers < 1:
             raise ValueError("rollouts, seeds and trainers must be >= 1 and steps >= 2")
+        if not self.sharing_runs or min(self.sharing_runs) < 1:
+            raise ValueError("sharing runs must be >= 1")
         unknown = sorted((set(self.methods) | set(self.trainer_methods)) - set(METHODS))
         if unknown:
             raise ValueError(f"unknown methods: {', '.join(unknown)} (known: {', '.join(METHODS)})")
@@ -144,10 +216,16 @@ class TrainerGroupResult:
 
     Attributes:
         method: Method name.
-        arm: One of ``TRAINER_ARMS``.
+        arm: One of ``ARMS``.
         seed: Seed.
         accuracy: Held-out accuracy, shape (K, T + 1).
         etr: Effective task ratio, shape (K, T).
+        select_seconds: Time of each selection call, shape (K, T).
+        trainers: Index j of each trainer (its rollout stream, and its pool
+            seed when pools are separate).
+        head_start: Each trainer's head start in global ability.
+        scenario: Which experiment the group belongs to ("" for the trainers
+            sweep, "same" or "mixed" for the sharing experiment).
     """
 
     method: str
@@ -155,6 +233,10 @@ class TrainerGroupResult:
     seed: int
     accuracy: FloatArray
     etr: FloatArray
+    select_seconds: FloatArray
+    trainers: tuple[int, ...]
+    head_start: tuple[float, ...]
+    scenario: str = ""
 
 
 @dataclass
@@ -167,6 +249,8 @@ class Experiment:
         runs: Variant name to its runs, one per seed in seed order.
         sweeps: Sweep name to its (value, variant name) pairs.
         trainer_runs: Results of the shared-versus-separate experiment.
+        sharing_runs: Results of the sharing experiment (separate pools as
+            one-trainer groups).
         wall_seconds: Total wall time.
     """
 
@@ -175,6 +259,7 @@ class Experiment:
     runs: dict[str, list[RunResult]] = field(default_factory=dict)
     sweeps: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     trainer_runs: list[TrainerGroupResult] = field(default_factory=list)
+    sharing_runs: list[TrainerGroupResult] = field(default_factory=list)
     wall_seconds: float = 0.0
 
 
@@ -240,21 +325,22 @@ def _train_step(
     trace: _Trace,
     schedule: Callable[[int], IntArray] | None,
     truth: bool = False,
+    run: str = "",
 ) -> None:
     """One select -> rollout -> report -> learn step of one trainer."""
     world = learner.world
     mu = pool.capability()
     true_p = learner.success_prob() if truth and t % TRUTH_EVERY == 0 else None
     t0 = time.perf_counter()
-    idx = pool.select(cfg.batch_size) if schedule is None else schedule(t)
+    idx = pool.select(cfg.batch_size, run) if schedule is None else schedule(t)
     t1 = time.perf_counter()
     successes = learner.rollout(idx, cfg.rollouts, rng)
     trials = np.full(len(idx), float(cfg.rollouts))
     t2 = time.perf_counter()
     if schedule is None:
-        pool.report(idx, successes, trials)
+        pool.report(idx, successes, trials, run)
     else:
-        pool.report_standalone(idx, successes, trials)
+        pool.report_standalone(idx, successes, trials, run)
     t3 = time.perf_counter()
     trace.signal[t] = learner.learn(idx, successes, trials)
     trace.accuracy[t + 1] = learner.heldout_accuracy()
@@ -340,6 +426,86 @@ def run_single(
     )
 
 
+def run_group(
+    method: Method,
+    world: World,
+    cfg: SimConfig,
+    seed: int,
+    arm: str,
+    head_start: Sequence[float],
+    make_backend: BackendFactory = EngineBackend,
+    *,
+    trainers: Sequence[int] | None = None,
+    scenario: str = "",
+) -> TrainerGroupResult:
+    """Trains K learners of the same world side by side, K = ``len(head_start)``.
+
+    Each round, every trainer in turn selects, trains and reports. In the
+    shared arms they all use one pool (seeded with ``seed``) and see each
+    other's evidence, each as its own run or all as one (see :class:`Arm`). In
+    "separate" trainer j has its own pool seeded ``seed + 1000003 j``. Trainer j
+    always draws its rollouts from the same stream, so a trainer's separate
+    run does not depend on which other trainers exist, and a single trainer 0
+    is exactly :func:`run_single` with the same seed.
+
+    Args:
+        method: How batches are chosen (not an offline one).
+        world: Tasks and starting model.
+        cfg: Sizes.
+        seed: Seed.
+        arm: A name of ``ARMS``.
+        head_start: Each trainer's head start in global ability.
+        make_backend: Opens pools.
+        trainers: Each trainer's index j (default 0 .. K - 1).
+        scenario: Recorded in the result.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}")
+    if method.offline:
+        raise ValueError("trainers side by side need an online method")
+    how = ARMS[arm]
+    k = len(head_start)
+    ids = tuple(range(k)) if trainers is None else tuple(trainers)
+    if len(ids) != k:
+        raise ValueError("one trainer index per head start")
+    learners = [Learner(world, h) for h in head_start]
+    rngs = [np.random.default_rng([seed, 1, j]) for j in ids]
+    traces = [_Trace(cfg.steps) for _ in range(k)]
+    for learner, trace in zip(learners, traces, strict=True):
+        trace.accuracy[0] = learner.heldout_accuracy()
+    config = how.config(cfg.pool_config(method, seed), k)
+    if how.shared:
+        pools = [make_backend(f"sim-{arm}-{method.name}-s{seed}", config, world)] * k
+    else:
+        pools = [
+            make_backend(
+                f"sim-sep{j}-{method.name}-s{seed}",
+                config.replace(seed=seed + _SEPARATE_SEED_STRIDE * j),
+                world,
+            )
+            for j in ids
+        ]
+    runs = [how.run_id(j) if how.shared else "" for j in ids]
+    try:
+        for t in range(cfg.steps):
+            for i in range(k):
+                _train_step(t, pools[i], learners[i], rngs[i], cfg, traces[i], None, run=runs[i])
+    finally:
+        for pool in pools[:1] if how.shared else pools:
+            pool.close()
+    return TrainerGroupResult(
+        method.name,
+        arm,
+        seed,
+        np.stack([tr.accuracy for tr in traces]),
+        np.stack([tr.etr for tr in traces]),
+        np.stack([tr.select_s for tr in traces]),
+        ids,
+        tuple(float(h) for h in head_start),
+        scenario,
+    )
+
+
 def run_trainers(
     method: Method,
     world: World,
@@ -348,123 +514,5 @@ def run_trainers(
     arm: str,
     make_backend: BackendFactory = EngineBackend,
 ) -> TrainerGroupResult:
-    """Trains ``cfg.trainers`` learners from the same starting model side by side.
-
-    Each round, every trainer in turn selects, trains and reports. In the
-    "shared" arms they all use one pool (each sees the others' evidence);
-    "shared_scaled" divides the forgetting rate by K so that the pool forgets
-    as much per round as a trainer's own pool would. In "separate" each
-    trainer has its own pool with its own seed; trainer 0 is then exactly
-    :func:`run_single` with the same seed.
-    """
-    if arm not in TRAINER_ARMS:
-        raise ValueError(f"unknown arm {arm!r}")
-    k = cfg.trainers
-    learners = [Learner(world) for _ in range(k)]
-    rngs = [np.random.default_rng([seed, 1, j]) for j in range(k)]
-    traces = [_Trace(cfg.steps) for _ in range(k)]
-    for learner, trace in zip(learners, traces, strict=True):
-        trace.accuracy[0] = learner.heldout_accuracy()
-    config = cfg.pool_config(method, seed)
-    if arm == "separate":
-        pools = [
-            make_backend(
-                f"sim-sep{j}-{method.name}-s{seed}",
-                config.replace(seed=seed + _SEPARATE_SEED_STRIDE * j),
-                world,
-            )
-            for j in range(k)
-        ]
-    else:
-        if arm == "shared_scaled":
-            config = config.replace(forgetting=config.forgetting / k)
-        pools = [make_backend(f"sim-{arm}-{method.name}-s{seed}", config, world)] * k
-    try:
-        for t in range(cfg.steps):
-            for j in range(k):
-                _train_step(t, pools[j], learners[j], rngs[j], cfg, traces[j], None)
-    finally:
-        for pool in pools if arm == "separate" else pools[:1]:
-            pool.close()
-    return TrainerGroupResult(
-        method.name,
-        arm,
-        seed,
-        np.stack([tr.accuracy for tr in traces]),
-        np.stack([tr.etr for tr in traces]),
-    )
-
-
-def plan_variants(cfg: SimConfig) -> tuple[dict[str, Method], dict[str, list[tuple[float, str]]]]:
-    """The variants to run (methods, then sweep points) and each sweep's points."""
-    variants: dict[str, Method] = {}
-    names = [BASELINE, *[m for m in cfg.methods if m != BASELINE]]
-    for name in names:
-        variants[name] = METHODS[name]
-    base = METHODS["bots"].config
-    sweeps: dict[str, list[tuple[float, str]]] = {}
-    if "lambda" in cfg.sweeps:
-        sweeps["lambda"] = []
-        for lam in cfg.lambdas:
-            name = f"lambda={lam:g}"
-            label = f"BOTS, {LAMBDA}={lam:g}"
-            variants[name] = sweep_method(name, label, base.replace(forgetting=lam))
-            sweeps["lambda"].append((lam, name))
-    if "rho" in cfg.sweeps:
-        sweeps["rho"] = []
-        for rho in cfg.rhos:
-            name = f"rho={rho:g}"
-            label = f"BOTS, {RHO}={rho:g}"
-            variants[name] = sweep_method(name, label, base.replace(implicit_weight=rho))
-            sweeps["rho"].append((rho, name))
-    return variants, sweeps
-
-
-def run_experiment(cfg: SimConfig, *, progress: bool | None = None) -> Experiment:
-    """Runs every variant for every seed, then the trainers experiment.
-
-    Variants whose pool config equals an earlier one (e.g. ``rho=0.1`` and
-    ``bots``) reuse its runs: runs are deterministic given the seed.
-
-    Args:
-        cfg: What to simulate.
-        progress: Show progress on stderr; None = only on a terminal.
-
-    Returns:
-        The results.
-    """
-    start = time.perf_counter()
-    variants, sweeps = plan_variants(cfg)
-    exp = Experiment(cfg, variants, {}, sweeps)
-    distinct: dict[tuple[PoolConfig, bool], str] = {}
-    todo: list[str] = []
-    for name, m in variants.items():
-        key = (m.config, m.offline)
-        if key in distinct:
-            continue
-        distinct[key] = name
-        todo.append(name)
-    trainer_methods = list(cfg.trainer_methods) if "trainers" in cfg.sweeps else []
-    arms = len(TRAINER_ARMS)
-    total = len(todo) * cfg.seeds + arms * len(trainer_methods) * cfg.seeds * cfg.trainers
-    bar = Progress("simulating", total * cfg.steps, enabled=progress)
-    with backend_factory(cfg.server) as make_backend:
-        for seed in range(cfg.seeds):
-            world = make_world(cfg.model, cfg.tasks, seed)
-            for name in todo:
-                bar.set_label(f"seed {seed} {name}")
-                run = run_single(variants[name], world, cfg, seed, make_backend, variant=name)
-                exp.runs.setdefault(name, []).append(run)
-                bar.update(cfg.steps)
-            for mname in trainer_methods:
-                for arm in TRAINER_ARMS:
-                    bar.set_label(f"seed {seed} {mname} x{cfg.trainers} {arm}")
-                    exp.trainer_runs.append(
-                        run_trainers(METHODS[mname], world, cfg, seed, arm, make_backend)
-                    )
-                    bar.update(cfg.steps * cfg.trainers)
-    bar.close()
-    for name, m in variants.items():
-        exp.runs.setdefault(name, exp.runs[distinct[(m.config, m.offline)]])
-    exp.wall_seconds = time.perf_counter() - start
-    return exp
+    """``cfg.trainers`` learners from the same starting model side by side (see :func:`run_group`)."""
+    return run_group(method, world, cfg, seed, arm, [0.0] * cfg.trainers, make_backend)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bots_eval._methods import LAMBDA, RHO
+from bots_eval._methods import RHO
 from bots_eval._metrics import (
     Interval,
     best_so_far_ratio,
@@ -19,6 +19,7 @@ from bots_eval._metrics import (
     time_to_baseline,
 )
 from bots_eval._runner import BASELINE, TRAINER_ARMS, Experiment, RunResult
+from bots_eval._sharing import SharingRow, summarize_sharing
 
 FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 EARLY_FRACTION = 0.05
@@ -26,6 +27,11 @@ LATE_FRACTION = 0.25
 # "No better than uniform": explicit-only's early ETR may exceed uniform's by
 # less than this (ETR points). It is half the early gain BOTS typically shows.
 COLD_START_MARGIN = 0.05
+# Goals of the sharing experiment (issue 12): same-model runs sharing a pool need
+# at most this share of the steps of separate pools; in the mixed scenario no
+# group needs more steps than with pools of its own (mean ratio <= 1).
+SAME_MODEL_GOAL = 0.9
+MIXED_GOAL = 1.0
 
 
 def early_steps(steps: int) -> int:
@@ -280,14 +286,14 @@ def findings(exp: Experiment) -> list[Finding]:
         separate = trainer_steps(exp, method, "separate")
         k = exp.config.trainers
         for arm, how in (
-            ("shared", f"with the same {LAMBDA}"),
-            ("shared_scaled", f"with {LAMBDA}/K"),
+            ("shared", "each trainer its own run"),
+            ("one_run", "all trainers one run, as a pool without run ids"),
         ):
             shared = trainer_steps(exp, method, arm)
             d = mean_ci([a - b for a, b in zip(shared, separate, strict=True)])
             out.append(
                 Finding(
-                    "sharing" if arm == "shared" else "sharing_scaled",
+                    "sharing" if arm == "shared" else "sharing_one_run",
                     f"{k} trainers sharing one pool ({how}) need fewer steps each "
                     "than with separate pools",
                     _below_zero(d),
@@ -296,4 +302,32 @@ def findings(exp: Experiment) -> list[Finding]:
                     f"separate: {mean_ci(separate).mean:.1f})",
                 )
             )
+    out += sharing_findings(summarize_sharing(exp))
+    return out
+
+
+def sharing_findings(rows: Sequence[SharingRow]) -> list[Finding]:
+    """The two goals of the sharing experiment, judged on its default ("shared") arm."""
+    out = []
+    same = [r for r in rows if r.arm == "shared" and r.scenario == "same" and r.runs > 1]
+    if same:
+        out.append(
+            Finding(
+                "sharing_same_model",
+                f"same-model runs sharing a pool need <= {SAME_MODEL_GOAL:g}x the steps of "
+                "separate pools (every K)",
+                all(r.ratio.mean <= SAME_MODEL_GOAL for r in same),
+                "; ".join(f"K={r.runs}: {r.ratio.format(3)}" for r in same),
+            )
+        )
+    mixed = [r for r in rows if r.arm == "shared" and r.scenario == "mixed"]
+    if mixed:
+        out.append(
+            Finding(
+                "sharing_mixed",
+                "mixed-strength runs: neither group needs more steps than with its own pool",
+                all(r.ratio.mean <= MIXED_GOAL for r in mixed),
+                "; ".join(f"K={r.runs} {r.group}: {r.ratio.format(3)}" for r in mixed),
+            )
+        )
     return out

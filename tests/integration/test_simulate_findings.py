@@ -26,8 +26,8 @@ from bots_eval import (
     main,
     make_world,
     run_experiment,
+    run_group,
     run_single,
-    run_trainers,
 )
 from bots_eval._summary import early_steps, late_steps, trainer_steps
 from bots_server._app import RunningServer
@@ -88,48 +88,36 @@ def test_very_large_rho_lowers_late_training_etr(experiment: Experiment) -> None
     assert np.sum(diff < 0) >= 4, diff
 
 
-def test_trainers_sharing_a_pool_with_forgetting_scaled_by_k_need_fewer_steps(
-    experiment: Experiment,
-) -> None:
-    # Steps each trainer needs to reach uniform's final accuracy (separate: ~101 .. 107).
-    separate = np.array(trainer_steps(experiment, "bots", "separate"))
-    scaled = np.array(trainer_steps(experiment, "bots", "shared_scaled"))
-    assert np.all(np.isfinite(separate)) and np.all(np.isfinite(scaled))
-    # Observed per seed: -7.8 .. -5.5 steps.
-    assert np.all(scaled - separate < -2.0), scaled - separate
-    assert (scaled - separate).mean() < -4.0
-
-
-def test_trainers_sharing_a_pool_with_the_same_forgetting_start_faster(
-    experiment: Experiment,
-) -> None:
-    # With the same lambda, sharing pays during the cold start (observed early
-    # ETR +0.08 .. +0.12); over the whole budget the gain is within about one
-    # percent of the steps (see docs/simulation.md), so only the start is asserted.
+def test_trainers_sharing_a_pool_as_one_run_start_faster(experiment: Experiment) -> None:
+    # As one run (lambda per pool step: the pool before runs existed), sharing pays
+    # during the cold start (observed early ETR +0.08 .. +0.12); over the whole
+    # budget the gain is within about one percent of the steps (see
+    # docs/simulation.md), so only the start is asserted.
     e = early_steps(SMALL.steps)
     groups = {
         arm: sorted((g for g in experiment.trainer_runs if g.arm == arm), key=lambda g: g.seed)
-        for arm in ("shared", "separate")
+        for arm in ("one_run", "separate")
     }
     gain = np.array(
         [
             s.etr[:, :e].mean() - p.etr[:, :e].mean()
-            for s, p in zip(groups["shared"], groups["separate"], strict=True)
+            for s, p in zip(groups["one_run"], groups["separate"], strict=True)
         ]
     )
     assert np.all(gain > 0.04), gain
-    shared = np.array(trainer_steps(experiment, "bots", "shared"))
+    shared = np.array(trainer_steps(experiment, "bots", "one_run"))
     separate = np.array(trainer_steps(experiment, "bots", "separate"))
     assert abs((shared - separate).mean()) < 0.05 * separate.mean()
 
 
 def test_report_verdicts_agree_with_the_data(experiment: Experiment) -> None:
     verdicts = {f.key: f.held for f in findings(experiment)}
-    assert verdicts["bots_etr"] and verdicts["cold_start"] and verdicts["sharing_scaled"]
+    assert verdicts["bots_etr"] and verdicts["cold_start"]
     # The report calls a finding held only when its 95 % interval excludes zero. At
     # this test's size (5 seeds, 150 steps) the large-rho effect points the right way
     # (asserted above) but its interval can include zero, depending on the draws.
-    assert "large_rho" in verdicts and "sharing" in verdicts
+    # Sharing with run ids is measured in docs/simulation.md, not asserted here.
+    assert {"large_rho", "sharing", "sharing_one_run"} <= set(verdicts)
 
 
 TINY = SimConfig(tasks=160, batch_size=16, steps=12, seeds=1, sweeps=(), trainers=2)
@@ -155,19 +143,59 @@ def test_server_path_gives_the_same_selections_as_in_process(
     assert np.array_equal(local.estimate, remote.estimate)
 
 
+@pytest.mark.parametrize(
+    ("arm", "head_start"),
+    [
+        ("shared", [0.0, 0.0]),  # each trainer its own run (run_id on every call)
+        ("shared", [0.0, 2.0, 0.0, 2.0]),  # runs of different strength: moved draws
+        ("one_run", [0.0, 0.0]),  # all trainers one run id, sharing its steps
+        ("runs_per_pool_step", [0.0, 2.0]),
+    ],
+)
 def test_server_path_interleaves_trainers_on_one_shared_pool_like_in_process(
-    server: RunningServer,
+    server: RunningServer, arm: str, head_start: list[float]
 ) -> None:
     world = make_world(TINY.model, TINY.tasks, seed=4)
-    local = run_trainers(METHODS["bots"], world, TINY, 4, "shared")
+    local = run_group(METHODS["bots"], world, TINY, 4, arm, head_start)
     with grpc.insecure_channel(server.address) as channel:
 
         def remote_pool(name: str, config: PoolConfig, w: World) -> PoolBackend:
             return GrpcBackend(channel, name, config, w)
 
-        remote = run_trainers(METHODS["bots"], world, TINY, 4, "shared", remote_pool)
+        remote = run_group(METHODS["bots"], world, TINY, 4, arm, head_start, remote_pool)
     assert np.array_equal(local.accuracy, remote.accuracy)
     assert np.array_equal(local.etr, remote.etr)
+
+
+class KeptPool(GrpcBackend):
+    """A server pool that outlives its run, to be inspected and then deleted."""
+
+    def close(self) -> None:
+        pass
+
+    def delete(self) -> None:
+        super().close()
+
+
+def test_server_pool_lists_each_trainer_as_a_run(server: RunningServer) -> None:
+    from bots_api.v1 import selector_pb2 as pb
+
+    world = make_world(TINY.model, TINY.tasks, seed=5)
+    pools: list[KeptPool] = []
+    with grpc.insecure_channel(server.address) as channel:
+
+        def remote_pool(name: str, config: PoolConfig, w: World) -> PoolBackend:
+            pools.append(KeptPool(channel, name, config, w))
+            return pools[-1]
+
+        run_group(METHODS["bots"], world, TINY, 5, "shared", [0.0, 2.0, 0.0], remote_pool)
+        (pool,) = pools
+        info = pool.stub.GetPool(pb.GetPoolRequest(pool=pool.pool), timeout=10).pool
+        pool.delete()
+    runs = {r.run_id: r for r in info.runs}
+    assert sorted(runs) == ["trainer-0", "trainer-1", "trainer-2"]
+    assert all(r.steps == TINY.steps for r in runs.values())
+    assert runs["trainer-1"].capability > runs["trainer-0"].capability
 
 
 def test_server_pools_are_deleted_after_the_run(server: RunningServer) -> None:
@@ -204,6 +232,27 @@ def test_command_writes_the_figures_and_the_report(tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["config"]["seeds"] == 2
     assert {"bots", "uniform", "easy_to_hard"} <= set(results["variants"])
+
+
+def test_command_runs_the_sharing_experiment_with_its_figure(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    args = ["--tasks", "160", "--batch-size", "16", "--steps", "12", "--seeds", "2",
+            "--methods", "uniform", "--sweep", "sharing", "--sharing-runs", "1,2",
+            "--head-start", "1.5", "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert (out / "sharing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Sharing one pool across runs" in report and "](sharing.png)" in report
+    assert "+1.5 logits stronger" in report
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    rows = {(r["scenario"], r["runs"], r["arm"], r["group"]) for r in results["sharing"]}
+    assert rows == {
+        ("same", 1, "shared", "all"),
+        ("same", 2, "shared", "all"),
+        ("mixed", 2, "shared", "weak"),
+        ("mixed", 2, "shared", "strong"),
+    }
+    assert main([*args[:-3], "--sharing-runs", "0,2", "--out", str(tmp_path / "x")]) == 2
 
 
 def test_command_rejects_unknown_methods_and_bad_sizes(tmp_path: Path) -> None:
