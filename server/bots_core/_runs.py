@@ -32,6 +32,11 @@ from typing import Any
 # ACTIVE_STEPS steps (pool steps, all runs together).
 ACTIVE_STEPS = 256
 RUN_ETR_WINDOW = 100
+# Prior weight, in units of squared reference gap, that shrinks a run's offset
+# towards the pool's (about one batch of 64 tasks with gaps of 0.35).
+OFFSET_PRIOR = 8.0
+# A run is never moved by more than this many reference gaps.
+MAX_OFFSET = 1.0
 
 
 @dataclass
@@ -39,6 +44,10 @@ class RunState:
     """What the engine keeps of one run."""
 
     capability: float = math.nan  # mu_r
+    # Decayed sums behind the run's offset from the pool: sum of gap * residual and
+    # of gap**2 over its evaluated tasks with reference rates (see ``residual_offset``).
+    s_ge: float = 0.0
+    s_gg: float = 0.0
     steps: int = 0  # steps of this run applied
     last_step: int = 0  # the pool's steps_applied right after this run's latest step
     recent_etr: collections.deque[float] = field(
@@ -53,14 +62,21 @@ class RunState:
     def rolling_etr(self) -> float:
         return math.fsum(self.recent_etr) / len(self.recent_etr) if self.recent_etr else math.nan
 
+    @property
+    def raw_offset(self) -> float:
+        """The run's ability above the pool's, in reference gaps (before centring)."""
+        value = self.s_ge / (self.s_gg + OFFSET_PRIOR)
+        return max(-MAX_OFFSET, min(MAX_OFFSET, value))
+
     def to_json(self) -> list[Any]:
         cap = None if math.isnan(self.capability) else self.capability
-        return [cap, self.steps, self.last_step, list(self.recent_etr)]
+        return [cap, self.steps, self.last_step, list(self.recent_etr), self.s_ge, self.s_gg]
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> RunState:
-        cap, steps, last, etr = raw
-        run = cls(math.nan if cap is None else float(cap), int(steps), int(last))
+        cap, steps, last, etr, s_ge, s_gg = raw
+        run = cls(math.nan if cap is None else float(cap), float(s_ge), float(s_gg))
+        run.steps, run.last_step = int(steps), int(last)
         run.recent_etr.extend(float(x) for x in etr)
         return run
 
@@ -71,9 +87,24 @@ def sharing(runs: dict[str, RunState], run: str, steps_applied: int) -> int:
     return 1 + sum(1 for r, s in runs.items() if r != run and s.steps and s.last_step > floor)
 
 
-def offset(pool_capability: float, run_capability: float) -> float | None:
-    """mu_r - mu~ when both are known and differ, else None (nothing to move)."""
-    if math.isnan(pool_capability) or math.isnan(run_capability):
+def active(runs: dict[str, RunState], steps_applied: int) -> list[str]:
+    """The runs sharing the pool now (a step among its last ACTIVE_STEPS steps)."""
+    floor = steps_applied - ACTIVE_STEPS
+    return [r for r, s in runs.items() if s.steps and s.last_step > floor]
+
+
+def offset(runs: dict[str, RunState], run: str, steps_applied: int) -> float | None:
+    """How much easier tasks are for ``run`` than for the pool, in reference gaps.
+
+    The run's shrunk least-squares offset against the pool's posterior means,
+    minus the mean of the active runs' offsets: what all runs have in common
+    (the posteriors lagging behind learners that improve) is no difference
+    between them. None when fewer than two runs share, or the run has none.
+    """
+    sharing_now = active(runs, steps_applied)
+    state = runs.get(run)
+    if len(sharing_now) < 2 or state is None or run not in sharing_now:
         return None
-    diff = run_capability - pool_capability
+    mean = math.fsum(runs[r].raw_offset for r in sharing_now) / len(sharing_now)
+    diff = state.raw_offset - mean
     return diff if diff != 0.0 else None

@@ -80,8 +80,7 @@ def select_batch(
     ss = seed_sequence(cfg.seed, selection_number)
     merge_rng = np.random.default_rng(ss)
     target = cfg.target
-    run_state = state.runs.get(run)
-    move = offset(state.capability, run_state.capability) if run_state is not None else None
+    move = offset(state.runs, run, state.steps_applied)
     shift: FloatArray | None = None
     if move is not None and state.derived.ref_count:
         shift = state.derived.gap * move  # the run's rate minus the pool's, per task

@@ -201,13 +201,13 @@ def apply_step(
     ):
         raise InvalidInputError("evidence counts must be finite with 0 <= successes <= trials")
     raw = evidence
-    move = offset(state.capability, run_state.capability)
-    if move is not None and len(idx):
-        # The run's rates at the pool's capability: y + (g - w) (mu~ - mu_r), clipped.
-        gap = state.derived.gap[idx]
-        if np.any(gap != 0.0):
-            rate = np.clip(s / t - gap * move, 0.0, 1.0)
-            s = np.where(gap != 0.0, rate * t, s)
+    gap = state.derived.gap[idx]
+    move = offset(state.runs, run, state.steps_applied)
+    if move is not None and np.any(gap != 0.0):
+        # The run's rates as the pool would see them: y - (g - w) delta_r, clipped.
+        rate = np.clip(s / t - gap * move, 0.0, 1.0)
+        s = np.where(gap != 0.0, rate * t, s)
+    _observe_offset(state, run_state, raw, gap)
     keep = 1.0 - lam
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
@@ -318,6 +318,26 @@ def _decay_and_estimate(
         state.alpha += p
         state.beta += np.where(mask, w, 0.0)
         state.beta -= p
+
+
+def _observe_offset(state: PoolState, run: RunState, evidence: Evidence, gap: FloatArray) -> None:
+    """Adds this batch to the run's offset sums: residuals against the posterior means.
+
+    The model is y_k = m_k + gap_k * delta_r: a run delta_r (in reference
+    gaps) stronger than the pool sees every referenced task that much easier.
+    Its least-squares estimate over the run's recent batches, decayed by the
+    pool's momentum, is s_ge / s_gg (shrunk, see ``RunState.raw_offset``).
+    """
+    has = gap != 0.0
+    if not has.any():
+        return
+    idx = evidence.indices[has]
+    g = gap[has]
+    mean = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
+    resid = evidence.successes[has] / evidence.trials[has] - mean
+    keep = state.config.momentum
+    run.s_ge = keep * run.s_ge + float(np.dot(g, resid))
+    run.s_gg = keep * run.s_gg + float(np.dot(g, g))
 
 
 def _observe_run(state: PoolState, run: RunState, evidence: Evidence) -> None:

@@ -16,6 +16,7 @@ from bots_core import (
     apply_step,
     select_batch,
 )
+from bots_core._runs import offset
 
 
 def pool(config: PoolConfig, n: int = 6, refs: bool = True) -> PoolState:
@@ -86,40 +87,49 @@ def test_runs_age_out_of_the_sharing_count():
     assert math.isclose(state.alpha[3], 0.9 * untouched + 0.1, rel_tol=1e-12)
 
 
-def test_a_strong_runs_rates_are_moved_to_the_pools_capability():
-    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, momentum=0.0)
+def two_runs(cfg: PoolConfig, rounds: int = 6) -> PoolState:
+    """Runs "weak" (rates = the weak references) and "strong" (= the strong ones)."""
     state = pool(cfg)
-    # The pool learns mu~ = 0 from run "weak" (rates = weak references), and run
-    # "strong" gets mu_r = 1 (rates = strong references).
-    apply_step(state, ev([0, 1, 2], [0.0, 0.8, 1.6]), run="weak")
-    apply_step(state, ev([3, 4, 5], [5.6, 6.4, 7.2]), run="strong")
-    assert state.runs["weak"].capability == pytest.approx(0.0)
-    assert state.runs["strong"].capability == pytest.approx(1.0)
-    assert state.capability == pytest.approx(1.0)  # the pool's mu~ follows every batch
-    # Now the pool sits at mu~ = 1; the weak run's observation of task 0 at rate 0
-    # counts as rate 0 + 0.4 * (1 - 0) = 0.4 at the pool's capability.
-    a0, b0 = state.alpha[0], state.beta[0]
-    apply_step(state, ev([0], [0.0]), run="weak")
-    assert state.alpha[0] - a0 == pytest.approx(0.4 * 8)
-    assert state.beta[0] - b0 == pytest.approx(0.6 * 8)
+    for _ in range(rounds):
+        apply_step(state, ev([0, 1, 2], [0.0, 0.8, 1.6]), run="weak")
+        apply_step(state, ev([0, 1, 2], [3.2, 4.0, 4.8]), run="strong")
+    return state
 
 
-def test_draws_are_moved_to_the_runs_capability_before_the_target():
-    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, momentum=0.5, mode=SelectionMode.GREEDY)
-    state = pool(cfg)
-    apply_step(state, ev([0, 1, 2], [0.0, 0.8, 1.6]), run="weak")  # mu = 0
-    apply_step(state, ev([3, 4, 5], [5.6, 6.4, 7.2]), run="strong")  # mu = 1
-    assert state.capability == pytest.approx(0.5)  # the pool's mu~ blends both
-    move = state.runs["strong"].capability - state.capability
-    assert move == pytest.approx(0.5)
+def test_run_offsets_are_residuals_against_the_pool_centred_on_the_runs():
+    cfg = PoolConfig(forgetting=0.1, implicit_weight=0.0)
+    state = two_runs(cfg)
+    weak = offset(state.runs, "weak", state.steps_applied)
+    strong = offset(state.runs, "strong", state.steps_applied)
+    assert weak is not None and strong is not None
+    assert weak < -0.05 and strong > 0.05 and weak + strong == pytest.approx(0.0)
+    alone = pool(cfg)
+    for _ in range(6):
+        apply_step(alone, ev([0, 1, 2], [3.2, 4.0, 4.8]), run="strong")
+    assert offset(alone.runs, "strong", alone.steps_applied) is None  # one run: no move
+
+
+def test_a_runs_rates_are_moved_by_its_offset_before_they_count():
+    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0)
+    state = two_runs(cfg)
+    delta = offset(state.runs, "weak", state.steps_applied)
+    assert delta is not None
+    a0, b0 = state.alpha[4], state.beta[4]
+    apply_step(state, ev([4], [4.0]), run="weak")  # rate 0.5 on a task with gap 0.4
+    moved = min(1.0, max(0.0, 0.5 - 0.4 * delta))
+    assert state.alpha[4] - a0 == pytest.approx(moved * 8)
+    assert state.beta[4] - b0 == pytest.approx((1 - moved) * 8)
+
+
+def test_draws_are_moved_to_the_runs_own_view_before_the_target():
+    cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, mode=SelectionMode.GREEDY)
+    state = two_runs(cfg)
+    move = offset(state.runs, "strong", state.steps_applied)
+    assert move is not None and move > 0
     picked = select_batch(state, 3, 0, "strong")
-    # For the strong run every task is easier by gap * (mu_r - mu~) = 0.4 * 0.5: the
+    # For the strong run every task is easier by gap * delta_r (gaps are 0.4 here): the
     # scores it is selected by are the moved ones.
     moved = np.clip(state.posterior_mean()[picked.indices] + 0.4 * move, 0, 1)
     np.testing.assert_allclose(picked.sampled, moved)
-    weak = select_batch(state, 3, 0, "weak")
-    np.testing.assert_allclose(
-        weak.sampled, np.clip(state.posterior_mean()[weak.indices] - 0.4 * 0.5, 0, 1)
-    )
-    same = select_batch(state, 3, 0, "someone-new")  # unknown run: the pool's own view
+    same = select_batch(state, 3, 0, "someone-new")  # not sharing yet: the pool's own view
     np.testing.assert_allclose(same.sampled, state.posterior_mean()[same.indices])
