@@ -243,6 +243,7 @@ def pool_info_from_pb(msg: pb.PoolInfo) -> PoolInfo:
                 r.last_effective_task_ratio,
                 r.rolling_effective_task_ratio,
                 r.active,
+                r.offset,
             )
             for r in msg.runs
         ),

@@ -208,6 +208,8 @@ class RunInfo:
         last_effective_task_ratio: ETR of its latest step.
         rolling_effective_task_ratio: Mean ETR over its last 100 steps.
         active: Whether it counts as sharing the pool now (a step among the last 256).
+        offset: How much easier tasks are for it than the pool's posteriors say,
+            in reference gaps; 0 when it does not share the pool.
     """
 
     run_id: str
@@ -218,6 +220,7 @@ class RunInfo:
     last_effective_task_ratio: float
     rolling_effective_task_ratio: float
     active: bool
+    offset: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from bots_core._errors import (
     UnknownTaskError,
     shorten,
 )
-from bots_core._runs import ACTIVE_STEPS, RunState, sharing
+from bots_core._runs import ACTIVE_STEPS, RunState, run_offset, sharing
 from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec, split_keys
 from bots_core._update import (
@@ -59,6 +59,7 @@ __all__ = [
     "beta_draws",
     "check_counts",
     "preset",
+    "run_offset",
     "seed_sequence",
     "select_batch",
     "sharing",

@@ -10,15 +10,16 @@ steps that name none). Two things change when K runs share a pool:
   ``rho * n / K`` implicit pseudo-counts, where K counts the runs with a
   step among the pool's last ``ACTIVE_STEPS`` steps. With one run this is
   exactly the paper's update.
-* Runs differ in strength. Each run has its own capability coefficient mu_r
-  (the same moving average as the pool's mu~, over its own batches). The
-  weak/strong interpolation is a one-dimensional model of a task's pass rate
-  as a function of ability, p_k(mu) = w_k + mu (g_k - w_k), so the pool's
-  posteriors are kept at the pool's mu~: a run's observed rate on a task with
-  reference rates is moved by ``(g_k - w_k) (mu~ - mu_r)`` before it counts,
-  and its draws are moved back by ``(g_k - w_k) (mu_r - mu~)`` before they are
-  compared with the target. Runs of the same strength (and single runs) are
-  not moved at all.
+* Runs differ in strength. The weak/strong interpolation is a
+  one-dimensional model of a task's pass rate as a function of ability,
+  p_k(mu) = w_k + mu (g_k - w_k). Each run has an offset delta_r along it: the
+  shrunk least-squares fit of its residuals against the pool's posterior
+  means, centred on the runs sharing the pool (``offset``). A run's observed
+  rate on a task with reference rates is moved by ``-(g_k - w_k) delta_r``
+  before it counts, and its draws by ``+(g_k - w_k) delta_r`` before they are
+  compared with the target. A single run is never moved. Each run's own
+  capability mu_r (the pool's moving average over its batches) is kept for
+  reporting.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def active(runs: dict[str, RunState], steps_applied: int) -> list[str]:
     return [r for r, s in runs.items() if s.steps and s.last_step > floor]
 
 
-def offset(runs: dict[str, RunState], run: str, steps_applied: int) -> float | None:
+def run_offset(runs: dict[str, RunState], run: str, steps_applied: int) -> float | None:
     """How much easier tasks are for ``run`` than for the pool, in reference gaps.
 
     The run's shrunk least-squares offset against the pool's posterior means,

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from bots_core import _kernel
 from bots_core._config import SelectionMode
 from bots_core._errors import CorruptStateError, InvalidInputError, shorten
-from bots_core._runs import offset
+from bots_core._runs import run_offset
 from bots_core._state import FloatArray, PoolState
 from bots_core._update import IntArray
 
@@ -80,7 +80,7 @@ def select_batch(
     ss = seed_sequence(cfg.seed, selection_number)
     merge_rng = np.random.default_rng(ss)
     target = cfg.target
-    move = offset(state.runs, run, state.steps_applied)
+    move = run_offset(state.runs, run, state.steps_applied)
     shift: FloatArray | None = None
     if move is not None and state.derived.ref_count:
         shift = state.derived.gap * move  # the run's rate minus the pool's, per task

@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError, shorten
-from bots_core._runs import RunState, offset, sharing
+from bots_core._runs import RunState, run_offset, sharing
 from bots_core._state import FloatArray, PoolState
 
 IntArray = npt.NDArray[np.int64]
@@ -202,7 +202,7 @@ def apply_step(
         raise InvalidInputError("evidence counts must be finite with 0 <= successes <= trials")
     raw = evidence
     gap = state.derived.gap[idx]
-    move = offset(state.runs, run, state.steps_applied)
+    move = run_offset(state.runs, run, state.steps_applied)
     if move is not None and np.any(gap != 0.0):
         # The run's rates as the pool would see them: y - (g - w) delta_r, clipped.
         rate = np.clip(s / t - gap * move, 0.0, 1.0)

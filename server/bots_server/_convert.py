@@ -98,6 +98,7 @@ def stats_to_pb(s: PoolStats) -> pb.PoolInfo:
                 last_effective_task_ratio=r.last_effective_task_ratio,
                 rolling_effective_task_ratio=r.rolling_effective_task_ratio,
                 active=r.active,
+                offset=r.offset,
             )
             for r in s.runs
         ],

@@ -65,6 +65,7 @@ class RunStats:
     last_effective_task_ratio: float
     rolling_effective_task_ratio: float
     active: bool
+    offset: float = 0.0
 
 
 def engine_stats(state: PoolState) -> dict[str, Any]:

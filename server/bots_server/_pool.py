@@ -42,6 +42,7 @@ from bots_core import (
     aggregate,
     apply_step,
     check_counts,
+    run_offset,
     select_batch,
 )
 
@@ -560,6 +561,7 @@ class PoolRuntime:
         for run, (first, last) in self.run_seen.items():
             rs = st.runs.get(run) or RunState()
             active = rs.steps > 0 and rs.last_step > st.steps_applied - ACTIVE_STEPS
+            delta = run_offset(st.runs, run, st.steps_applied) or 0.0
             out.append(
                 RunStats(
                     run,
@@ -570,6 +572,7 @@ class PoolRuntime:
                     rs.last_etr,
                     rs.rolling_etr,
                     active,
+                    delta,
                 )
             )
         return tuple(sorted(out, key=lambda x: (-x.steps, x.run_id)))

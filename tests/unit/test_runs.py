@@ -14,9 +14,9 @@ from bots_core import (
     SelectionMode,
     TaskSpec,
     apply_step,
+    run_offset,
     select_batch,
 )
-from bots_core._runs import offset
 
 
 def pool(config: PoolConfig, n: int = 6, refs: bool = True) -> PoolState:
@@ -99,20 +99,20 @@ def two_runs(cfg: PoolConfig, rounds: int = 6) -> PoolState:
 def test_run_offsets_are_residuals_against_the_pool_centred_on_the_runs():
     cfg = PoolConfig(forgetting=0.1, implicit_weight=0.0)
     state = two_runs(cfg)
-    weak = offset(state.runs, "weak", state.steps_applied)
-    strong = offset(state.runs, "strong", state.steps_applied)
+    weak = run_offset(state.runs, "weak", state.steps_applied)
+    strong = run_offset(state.runs, "strong", state.steps_applied)
     assert weak is not None and strong is not None
     assert weak < -0.05 and strong > 0.05 and weak + strong == pytest.approx(0.0)
     alone = pool(cfg)
     for _ in range(6):
         apply_step(alone, ev([0, 1, 2], [3.2, 4.0, 4.8]), run="strong")
-    assert offset(alone.runs, "strong", alone.steps_applied) is None  # one run: no move
+    assert run_offset(alone.runs, "strong", alone.steps_applied) is None  # one run: no move
 
 
 def test_a_runs_rates_are_moved_by_its_offset_before_they_count():
     cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0)
     state = two_runs(cfg)
-    delta = offset(state.runs, "weak", state.steps_applied)
+    delta = run_offset(state.runs, "weak", state.steps_applied)
     assert delta is not None
     a0, b0 = state.alpha[4], state.beta[4]
     apply_step(state, ev([4], [4.0]), run="weak")  # rate 0.5 on a task with gap 0.4
@@ -124,7 +124,7 @@ def test_a_runs_rates_are_moved_by_its_offset_before_they_count():
 def test_draws_are_moved_to_the_runs_own_view_before_the_target():
     cfg = PoolConfig(forgetting=0.0, implicit_weight=0.0, mode=SelectionMode.GREEDY)
     state = two_runs(cfg)
-    move = offset(state.runs, "strong", state.steps_applied)
+    move = run_offset(state.runs, "strong", state.steps_applied)
     assert move is not None and move > 0
     picked = select_batch(state, 3, 0, "strong")
     # For the strong run every task is easier by gap * delta_r (gaps are 0.4 here): the

@@ -170,7 +170,7 @@ class PoolInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., task_count: _Optional[int] = ..., steps_applied: _Optional[int] = ..., open_selections: _Optional[int] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., capability: _Optional[float] = ..., tasks_with_references: _Optional[int] = ..., selections_opened: _Optional[int] = ..., selections_expired: _Optional[int] = ..., mean_posterior: _Optional[float] = ..., runs: _Optional[_Iterable[_Union[RunInfo, _Mapping]]] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "first_seen", "last_seen", "steps", "capability", "last_effective_task_ratio", "rolling_effective_task_ratio", "active")
+    __slots__ = ("run_id", "first_seen", "last_seen", "steps", "capability", "last_effective_task_ratio", "rolling_effective_task_ratio", "active", "offset")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class RunInfo(_message.Message):
     LAST_EFFECTIVE_TASK_RATIO_FIELD_NUMBER: _ClassVar[int]
     ROLLING_EFFECTIVE_TASK_RATIO_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     first_seen: float
     last_seen: float
@@ -187,7 +188,8 @@ class RunInfo(_message.Message):
     last_effective_task_ratio: float
     rolling_effective_task_ratio: float
     active: bool
-    def __init__(self, run_id: _Optional[str] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., steps: _Optional[int] = ..., capability: _Optional[float] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., active: _Optional[bool] = ...) -> None: ...
+    offset: float
+    def __init__(self, run_id: _Optional[str] = ..., first_seen: _Optional[float] = ..., last_seen: _Optional[float] = ..., steps: _Optional[int] = ..., capability: _Optional[float] = ..., last_effective_task_ratio: _Optional[float] = ..., rolling_effective_task_ratio: _Optional[float] = ..., active: _Optional[bool] = ..., offset: _Optional[float] = ...) -> None: ...
 
 class SelectBatchRequest(_message.Message):
     __slots__ = ("pool", "batch_size", "run_id", "step", "expected_trials", "wait_seconds")
