@@ -13,7 +13,14 @@ from bots_core._errors import (
     shorten,
 )
 from bots_core._runs import ACTIVE_STEPS, RunState, run_offset, sharing
-from bots_core._select import Selection, beta_draws, seed_sequence, select_batch, top_k
+from bots_core._select import (
+    Selection,
+    beta_draws,
+    seed_sequence,
+    select_batch,
+    top_k,
+    warm_up_kernel,
+)
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec, split_keys
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
@@ -66,4 +73,5 @@ __all__ = [
     "shorten",
     "split_keys",
     "top_k",
+    "warm_up_kernel",
 ]

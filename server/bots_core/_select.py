@@ -15,11 +15,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
-from bots_core import _kernel
 from bots_core._config import SelectionMode
 from bots_core._errors import CorruptStateError, InvalidInputError, shorten
 from bots_core._runs import run_offset
@@ -175,7 +175,7 @@ def thompson_candidates(
 
     def run(block: range) -> None:
         for ci in block:
-            kept[ci], dropped[ci] = _kernel.draw_chunk(
+            kept[ci], dropped[ci] = kernel().draw_chunk(
                 alpha, beta, ci * CHUNK, min(n, (ci + 1) * CHUNK), target, moved, tau,
                 seeds[ci], k, key[ci], pos[ci], draw[ci],
             )  # fmt: skip
@@ -200,6 +200,24 @@ def thompson_candidates(
     return cand_pos[close][order], (cand_draw[close][order], cand_key[close][order])
 
 
+def kernel() -> ModuleType:
+    """The compiled kernel module, imported (numba compiles or loads it, ~2 s) on first use.
+
+    Importing ``bots_core`` stays cheap; the server warms the kernel up in the
+    background as it starts (``warm_up_kernel``), so no request waits for it.
+    """
+    from bots_core import _kernel
+
+    return _kernel
+
+
+def warm_up_kernel() -> threading.Thread:
+    """Imports the kernel on a daemon thread; a draw meanwhile waits for the import."""
+    thread = threading.Thread(target=kernel, name="bots-kernel-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
 def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint64]:
     """xoshiro256** states of a selection's chunks: chunk ``c`` is spawn key (..., c)."""
     seeds = np.empty((chunks, 4), dtype=np.uint64)
@@ -216,7 +234,7 @@ def _chunk_all(
 ) -> tuple[FloatArray, IntArray, FloatArray]:  # fmt: skip
     lo, hi = ci * CHUNK, min(len(alpha), (ci + 1) * CHUNK)
     key, pos, draw = np.empty(hi - lo), np.empty(hi - lo, dtype=np.int64), np.empty(hi - lo)
-    _kernel.draw_chunk(alpha, beta, lo, hi, target, moved, tau, seed, hi - lo, key, pos, draw)
+    kernel().draw_chunk(alpha, beta, lo, hi, target, moved, tau, seed, hi - lo, key, pos, draw)
     return key, pos, draw
 
 
@@ -256,5 +274,5 @@ def beta_draws(alpha: FloatArray, beta: FloatArray, rng: np.random.Generator) ->
     seed = rng.integers(0, np.iinfo(np.uint64).max, size=4, dtype=np.uint64, endpoint=True)
     if not seed.any():
         seed[0] = 1
-    out: FloatArray = _kernel.betas(seed, a, b)
+    out: FloatArray = kernel().betas(seed, a, b)
     return out

@@ -11,6 +11,7 @@ from types import FrameType
 
 import grpc
 from bots_api.v1 import selector_pb2, selector_pb2_grpc
+from bots_core import warm_up_kernel
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -157,6 +158,7 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
         RuntimeError: a port cannot be bound, or the TLS or token settings are
             unusable (checked before the store is opened).
     """
+    warm_up_kernel()  # the compiled draw loads while the rest starts
     creds = server_credentials(
         settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
     )
