@@ -161,11 +161,6 @@ class EmbeddedStore(LogStore):
         assert isinstance(h, _Pool)
         if h.since_snapshot < self.snapshot_every or h.snapshotting or h.damage is not None:
             return None
-        # Snapshots need the posteriors: take them when the steps are applied anyway
-        # (after a draw), or when the journal has grown well past the interval.
-        assert h.runtime is not None
-        if h.runtime.pending and h.since_snapshot < 4 * self.snapshot_every:
-            return None
         return self._begin_snapshot(h)
 
     def _begin_snapshot(self, pool: _Pool) -> Callable[[], None] | None:
@@ -247,6 +242,7 @@ class EmbeddedStore(LogStore):
         return os.access(self.root / "pools", os.W_OK)
 
     def close(self) -> None:
+        self._stop_applier()
         with self._lock:
             pools = list(self._pools.values())
             self._pools.clear()

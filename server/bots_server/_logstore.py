@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import queue
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -69,7 +70,14 @@ class PoolHandle:
 
 
 class LogStore(Store):
-    """Pools as runtimes over a per-pool record log; subclasses provide the log."""
+    """Pools as runtimes over a per-pool record log; subclasses provide the log.
+
+    Steps (closed selections, standalone reports) are applied to the
+    posteriors lazily (see ``bots_server._pool``). A background thread applies
+    them one at a time, taking the pool lock for each, so that reports stay
+    cheap, the steps never pile up into a long pause, and a draw seldom
+    finds more than one step left to apply.
+    """
 
     def __init__(
         self,
@@ -81,6 +89,32 @@ class LogStore(Store):
         self.retention = retention
         self.max_tasks = max_tasks_per_pool
         self.clock = clock
+        self._waiting: queue.SimpleQueue[PoolHandle | None] = queue.SimpleQueue()
+        self._applier = threading.Thread(
+            target=self._apply_in_background, name="bots-step-applier", daemon=True
+        )
+        self._applier.start()
+
+    def _apply_in_background(self) -> None:
+        while True:
+            h = self._waiting.get()
+            if h is None:
+                return
+            left = 1
+            while left:
+                with h.lock:
+                    rt = h.runtime
+                    if h.deleted or rt is None or h.damage is not None:
+                        break
+                    try:
+                        left = rt.apply_pending(1)
+                    except Exception:  # the request that needs the posteriors will say why
+                        log.exception("applying a step of pool %s failed", h.name)
+                        break
+
+    def _stop_applier(self) -> None:
+        self._waiting.put(None)
+        self._applier.join(timeout=10)
 
     # ------------------------------------------------------------ backend hooks
     @abc.abstractmethod
@@ -174,6 +208,8 @@ class LogStore(Store):
                     continue
                 result = rt.apply(seq, planned)
                 after = self._after_apply(h)
+                if rt.pending:
+                    self._waiting.put(h)
             if after is not None:
                 after()
             return result

@@ -236,10 +236,18 @@ class PoolRuntime:
 
     def engine(self) -> PoolState:
         """The engine state with every logged step applied."""
-        for ev, run in self.pending:
-            apply_step(self._state, ev, run=run)
-        self.pending.clear()
+        self.apply_pending(len(self.pending))
         return self._state
+
+    def apply_pending(self, steps: int) -> int:
+        """Applies up to ``steps`` of the waiting steps, oldest first; returns how many remain."""
+        done = 0
+        while done < steps and self.pending:
+            ev, run = self.pending[0]
+            apply_step(self._state, ev, run=run)
+            self.pending.pop(0)
+            done += 1
+        return len(self.pending)
 
     @property
     def steps_applied(self) -> int:

@@ -276,12 +276,7 @@ class RedisStore(LogStore):
 
     def _after_read(self, h: PoolHandle) -> Callable[[], None] | None:
         assert isinstance(h, _Replica) and h.runtime is not None and h.keys is not None
-        behind = h.runtime.seq - h.ckpt_seq
-        # Checkpoints need the posteriors: take them when the steps are applied anyway
-        # (after a draw), or when the log has grown well past the interval.
-        if behind < self.checkpoint_every or (
-            h.runtime.pending and behind < 4 * self.checkpoint_every
-        ):
+        if h.runtime.seq - h.ckpt_seq < self.checkpoint_every:
             return None
         image = capture(h.runtime, with_tasks=False)
         h.ckpt_seq = image.seq  # one writer per interval on this replica
@@ -364,5 +359,6 @@ class RedisStore(LogStore):
             return False
 
     def close(self) -> None:
+        self._stop_applier()
         with contextlib.suppress(redis.RedisError):
             self.r.close()
