@@ -194,7 +194,7 @@ def plot(out: Path, cfg: Any, runs: list[dict[str, Any]]) -> Path:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(loc="lower right", fontsize=8)
     fig.suptitle(
-        f"GRPO on CPU, {len(runs[0]['steps'])} steps × {cfg.batch_size} tasks × "
+        f"GRPO on CPU, {len(runs[0]['steps'])} steps x {cfg.batch_size} tasks x "
         f"{cfg.rollouts} rollouts; mean and 95 % CI over {len(cfg.seeds)} seeds"
     )
     fig.tight_layout()
@@ -234,12 +234,21 @@ def write(
     cfg: Any,
     prep: dict[str, Any],
     runs: list[dict[str, Any]],
+    trl: dict[str, Any] | None,
     elapsed: float,
     prep_seconds: float,
 ) -> dict[str, Any]:
     """Writes results.md, curves.png and results.json; returns them (runs with their audit logs)."""
     table = summarize(cfg, prep, runs)
     md = markdown(cfg, table, elapsed, prep_seconds)
+    if trl is not None:
+        md += (
+            f"\nTRL leg (`BotsGRPOTrainer`, preset `bots`, seed 0): {trl['steps']} steps, "
+            f"{trl['steps_applied']} selections applied by the service, mean ETR "
+            f"{trl['etr_mean']:.2f} (TRL's 1 - frac_reward_zero_std; the service's rolling ETR "
+            f"{trl['etr_service_rolling']:.2f}), held-out sampled pass@1 "
+            f"{trl['pass1_before']:.3f} → {trl['pass1_after']:.3f}, {trl['seconds']:.0f} s.\n"
+        )
     (out / "results.md").write_text(md + "\nMeasured pass rates per group:\n\n" + world_table(prep))
     slim = [
         {
@@ -255,6 +264,7 @@ def write(
                 "config": dataclasses.asdict(cfg),
                 "elapsed_seconds": elapsed,
                 "summary": _jsonable(table),
+                "trl": trl,
                 "runs": slim,
             },
             indent=1,
@@ -262,4 +272,4 @@ def write(
         )
     )
     plot(out, cfg, runs)
-    return {"markdown": md, "summary": table, "runs": runs}
+    return {"markdown": md, "summary": table, "runs": runs, "trl": trl}

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing as mp
@@ -52,7 +53,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     pool_per_group: int = 80
     held_per_group: int = 20
-    weak_step: int = 150
+    weak_step: int = 300
     base_step: int = 400
     strong_step: int = 1600
     ref_samples: int = 16
@@ -61,9 +62,10 @@ class Config:
     steps: int = 240
     eval_every: int = 20
     eval_samples: int = 4
-    lr: float = 1e-3
+    lr: float = 1e-4
     dapo_max_rounds: int = 4
     workers: int = 2
+    trl_steps: int = 40
 
 
 QUICK = Config(
@@ -81,6 +83,7 @@ QUICK = Config(
     eval_every=3,
     eval_samples=2,
     workers=1,
+    trl_steps=2,
 )
 
 
@@ -92,19 +95,38 @@ def parse_method(method: str) -> tuple[str, float | None]:
     return preset, float(target) if target else None
 
 
-def prepare(cfg: Config, workdir: Path, log: Any) -> dict[str, Any]:
-    """Supervised warm-up, the pool, the held-out set and the measured reference pass rates."""
+def prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None = None) -> dict[str, Any]:
+    """Supervised warm-up, the pool, the held-out set and the measured reference pass rates.
+
+    With ``cache``, a preparation saved there by an earlier run with the same
+    settings is reused (the base weights and the measured rates).
+    """
     import policy
     import torch
     import world
 
-    model = policy.build_model(seed=0)
-    saved = policy.sft(model, cfg.strong_step, seed=0, checkpoints=(cfg.weak_step, cfg.base_step))
-    saved[cfg.strong_step] = model.state_dict()
     pool = world.make_problems(cfg.pool_per_group, seed=1, prefix="t")
     held = world.make_problems(
         cfg.held_per_group, seed=2, prefix="h", exclude={p.prompt for p in pool}
     )
+    fields = (
+        "pool_per_group",
+        "held_per_group",
+        "weak_step",
+        "base_step",
+        "strong_step",
+        "ref_samples",
+    )
+    tag = {f: getattr(cfg, f) for f in fields}
+    if cache is not None and cache.exists():
+        saved_prep = torch.load(cache, weights_only=False)
+        if saved_prep["tag"] == tag:
+            torch.save(saved_prep["base"], workdir / "base.pt")
+            log(f"preparation loaded from {cache}")
+            return {"pool": pool, "held": held, "rates": saved_prep["rates"]}
+    model = policy.build_model(seed=0)
+    saved = policy.sft(model, cfg.strong_step, seed=0, checkpoints=(cfg.weak_step, cfg.base_step))
+    saved[cfg.strong_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     enc = policy.Encoded(pool)
     rates: dict[str, np.ndarray] = {}
     for name, step, seed in (
@@ -116,6 +138,8 @@ def prepare(cfg: Config, workdir: Path, log: Any) -> dict[str, Any]:
         rates[name] = policy.pass_rates(model, enc, cfg.ref_samples, seed=seed)
     model.load_state_dict(saved[cfg.base_step])
     torch.save(saved[cfg.base_step], workdir / "base.pt")
+    if cache is not None:
+        torch.save({"tag": tag, "base": saved[cfg.base_step], "rates": rates}, cache)
     w, b, g = rates["weak"], rates["base"], rates["strong"]
     log(
         f"pool {len(pool)} tasks in {len(world.GROUPS)} groups, held-out {len(held)}; "
@@ -130,9 +154,7 @@ def _pool_tasks(prep: dict[str, Any]) -> list[Any]:
     from bots_client import Task
 
     w, g = prep["rates"]["weak"], prep["rates"]["strong"]
-    return [
-        Task(p.key, weak=float(wk), strong=float(st)) for p, wk, st in zip(prep["pool"], w, g)
-    ]
+    return [Task(p.key, weak=float(wk), strong=float(st)) for p, wk, st in zip(prep["pool"], w, g)]
 
 
 def train_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +218,9 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
                 succ = r.view(len(idx), n).sum(1)
                 outcomes = [(k, float(s), float(n)) for k, s in zip(sel.keys, succ.tolist())]
                 client.report_outcomes(name, outcomes, selection_id=sel.selection_id)
-                audit.append({"selection": sel.selection_id, "keys": list(sel.keys), "outcomes": outcomes})
+                audit.append(
+                    {"selection": sel.selection_id, "keys": list(sel.keys), "outcomes": outcomes}
+                )
                 generated += [(float(s), float(n)) for s in succ.tolist()]
                 for j, i in enumerate(idx):
                     s = float(succ[j])
@@ -258,7 +282,12 @@ def start_server(tmp: str) -> Any:
 
 
 def run_all(
-    cfg: Config, out: Path, *, server: str | None = None, show_progress: bool = True
+    cfg: Config,
+    out: Path,
+    *,
+    server: str | None = None,
+    show_progress: bool = True,
+    cache: Path | None = None,
 ) -> dict[str, Any]:
     """Runs the whole comparison; writes results into ``out``; returns the results dict."""
     import report
@@ -275,7 +304,7 @@ def run_all(
 
     log(f"config: {json.dumps(dataclasses.asdict(cfg))}")
     with tempfile.TemporaryDirectory(prefix="bots-rl-") as tmp:
-        prep = prepare(cfg, Path(tmp), log)
+        prep = prepare(cfg, Path(tmp), log, cache)
         t_prep = time.monotonic() - t_start
         srv = None if server else start_server(tmp)
         address = server or srv.address
@@ -298,18 +327,27 @@ def run_all(
                     q = manager.Queue()
                     pending = workers.map_async(train_one, [{**j, "progress": q} for j in jobs])
                     while not pending.ready():
-                        try:
+                        with contextlib.suppress(queue.Empty):
                             bar.update(q.get(timeout=0.5))
-                        except queue.Empty:
-                            pass
                     runs = pending.get()
+            trl = None
+            if cfg.trl_steps > 0:
+                import trl_leg
+
+                log(f"TRL leg: BotsGRPOTrainer, preset bots, {cfg.trl_steps} steps")
+                trl = trl_leg.run_trl(cfg, prep, Path(tmp) / "base.pt", address, cfg.trl_steps, out)
+                log(
+                    f"TRL leg: {trl['steps_applied']} steps applied by the service, "
+                    f"ETR {trl['etr_mean']:.2f}, held-out pass@1 {trl['pass1_before']:.3f} -> "
+                    f"{trl['pass1_after']:.3f} in {trl['seconds']:.0f} s"
+                )
         finally:
             if srv is not None:
                 srv.stop(grace=0)
         bar.close()
     elapsed = time.monotonic() - t_start
     log(f"all runs done in {elapsed:.0f} s (preparation {t_prep:.0f} s)")
-    results = report.write(out, cfg, prep, runs, elapsed=elapsed, prep_seconds=t_prep)
+    results = report.write(out, cfg, prep, runs, trl, elapsed=elapsed, prep_seconds=t_prep)
     log(f"wrote {out / 'results.md'}, {out / 'curves.png'}, {out / 'results.json'}")
     return results
 
@@ -323,8 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="number of seeds")
     parser.add_argument("--steps", type=int, help="GRPO steps per run")
     parser.add_argument("--methods", help="comma-separated methods")
+    parser.add_argument("--lr", type=float, help="GRPO learning rate")
     parser.add_argument("--workers", type=int, help="parallel training processes")
-    parser.add_argument("--server", help="a running server at host:port instead of an in-process one")
+    parser.add_argument("--trl-steps", type=int, help="steps of the TRL leg (0: skip it)")
+    parser.add_argument(
+        "--server", help="a running server at host:port instead of an in-process one"
+    )
+    parser.add_argument("--cache", help="file to keep the warm-up and reference rates in, reused")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
@@ -334,9 +377,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     if args.methods:
         cfg = dataclasses.replace(cfg, methods=tuple(m.strip() for m in args.methods.split(",")))
+    if args.trl_steps is not None:
+        cfg = dataclasses.replace(cfg, trl_steps=args.trl_steps)
+    if args.lr:
+        cfg = dataclasses.replace(cfg, lr=args.lr)
     if args.workers:
         cfg = dataclasses.replace(cfg, workers=args.workers)
-    results = run_all(cfg, Path(args.out), server=args.server, show_progress=not args.quiet)
+    results = run_all(
+        cfg,
+        Path(args.out),
+        server=args.server,
+        show_progress=not args.quiet,
+        cache=Path(args.cache) if args.cache else None,
+    )
     print(results["markdown"])
     return 0
 

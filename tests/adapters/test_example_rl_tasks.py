@@ -36,15 +36,15 @@ def example():  # type: ignore[no-untyped-def]
     sys.path.remove(str(EXAMPLE))
 
 
-def replay_posteriors(client: SelectorClient, pool: str, batches: list[list[tuple[str, float, float]]]):  # type: ignore[no-untyped-def]
+def replay_posteriors(
+    client: SelectorClient, pool: str, batches: list[list[tuple[str, float, float]]]
+):  # type: ignore[no-untyped-def]
     """(alpha, beta) after applying ``batches`` once each, in order, with bots_core from scratch."""
     from bots_core import PoolConfig, PoolState, SelectionMode, TaskSpec, aggregate, apply_step
 
-    header = None
-    specs = []
-    for header, chunk in client.export_posteriors(pool):
-        specs += [TaskSpec(p.task.key, p.task.weak, p.task.strong) for p in chunk]
-    assert header is not None
+    chunks = list(client.export_posteriors(pool))
+    header = chunks[0][0]
+    specs = [TaskSpec(p.task.key, p.task.weak, p.task.strong) for _, c in chunks for p in c]
     fields = {f.name: getattr(header.config, f.name) for f in dataclasses.fields(PoolConfig)}
     fields["mode"] = SelectionMode(fields["mode"].value)
     state = PoolState(pool, PoolConfig(**fields))
