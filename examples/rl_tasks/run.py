@@ -59,9 +59,9 @@ class Config:
     ref_samples: int = 16
     batch_size: int = 16
     rollouts: int = 8
-    steps: int = 240
-    eval_every: int = 20
-    eval_samples: int = 4
+    steps: int = 160
+    eval_every: int = 10
+    eval_samples: int = 3
     lr: float = 1e-4
     dapo_max_rounds: int = 4
     workers: int = 2
