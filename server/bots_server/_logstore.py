@@ -14,6 +14,7 @@ import abc
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TypeVar, Union
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Planned = Union[Record, SelectionView, ReportAck, None]  # noqa: UP007
+# Pause of the step applier between two steps, so that requests get the pool lock.
+APPLIER_PAUSE_SECONDS = 0.002
 # Rounds of plan + append one request may take when replicas keep appending first.
 MAX_ATTEMPTS = 50
 
@@ -111,6 +114,9 @@ class LogStore(Store):
                     except Exception:  # the request that needs the posteriors will say why
                         log.exception("applying a step of pool %s failed", h.name)
                         break
+                # Requests come first: a thread waiting for the lock gets it before
+                # this one takes it again (a released lock is not handed over fairly).
+                time.sleep(APPLIER_PAUSE_SECONDS)
 
     def _stop_applier(self) -> None:
         self._waiting.put(None)
@@ -171,7 +177,9 @@ class LogStore(Store):
         return rt.seq == conflict.head
 
     # ------------------------------------------------------------- the one path
-    def _write(self, name: str, plan: Callable[[PoolRuntime], Planned]) -> Planned:
+    def _write(
+        self, name: str, plan: Callable[[PoolRuntime], Planned], *, optimistic: bool = True
+    ) -> Planned:
         """Plans, appends and applies one record; returns its result or the plan's answer.
 
         An optimistic backend plans on the runtime it holds and lets the
@@ -179,7 +187,7 @@ class LogStore(Store):
         but a record to append (an error, a replay, a duplicate) is answered
         only from a runtime synced with the log.
         """
-        need_sync = not self.optimistic
+        need_sync = not (self.optimistic and optimistic)
         for _ in range(MAX_ATTEMPTS):
             h = self._handle(name)
             after: Callable[[], None] | None = None
@@ -292,6 +300,8 @@ class LogStore(Store):
             lambda rt: rt.plan_select(
                 batch_size, run_id, step, expected_trials, self.clock(), wait_seconds
             ),
+            # A draw is worth a round trip: planning it on a stale runtime would draw twice.
+            optimistic=False,
         )
         assert isinstance(result, SelectionView)
         return result
