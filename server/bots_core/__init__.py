@@ -31,6 +31,7 @@ from bots_core._update import (
     StepResult,
     aggregate,
     apply_step,
+    apply_steps,
     batch_capability,
     check_counts,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "UnknownTaskError",
     "aggregate",
     "apply_step",
+    "apply_steps",
     "batch_capability",
     "beta_draws",
     "check_counts",

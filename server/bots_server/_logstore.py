@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Planned = Union[Record, SelectionView, ReportAck, None]  # noqa: UP007
-# Pause of the step applier between two steps, so that requests get the pool lock.
+# Steps the background applier applies in one go (one pass over the pool for all).
+APPLIER_BATCH = 64
+# Pause of the step applier between two batches, so that requests get the pool lock.
 APPLIER_PAUSE_SECONDS = 0.002
 # Rounds of plan + append one request may take when replicas keep appending first.
 MAX_ATTEMPTS = 50
@@ -110,7 +112,7 @@ class LogStore(Store):
                     if h.deleted or rt is None or h.damage is not None:
                         break
                     try:
-                        left = rt.apply_pending(1)
+                        left = rt.apply_pending(APPLIER_BATCH)
                     except Exception:  # the request that needs the posteriors will say why
                         log.exception("applying a step of pool %s failed", h.name)
                         break
