@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Planned = Union[Record, SelectionView, ReportAck, None]  # noqa: UP007
-# Steps the background applier applies in one go (one pass over the pool for all).
+# Steps that make the background applier apply what is waiting, in one pass over the
+# pool (fewer wait for the next draw, stats or checkpoint, which apply them the same way).
 APPLIER_BATCH = 64
 # Pause of the step applier between two batches, so that requests get the pool lock.
 APPLIER_PAUSE_SECONDS = 0.002
@@ -78,10 +79,10 @@ class LogStore(Store):
     """Pools as runtimes over a per-pool record log; subclasses provide the log.
 
     Steps (closed selections, standalone reports) are applied to the
-    posteriors lazily (see ``bots_server._pool``). A background thread applies
-    them one at a time, taking the pool lock for each, so that reports stay
-    cheap, the steps never pile up into a long pause, and a draw seldom
-    finds more than one step left to apply.
+    posteriors lazily (see ``bots_server._pool``): a draw, stats or a
+    checkpoint applies the waiting ones together, in one pass over the pool
+    (``bots_core.apply_steps``), and once ``APPLIER_BATCH`` are waiting a
+    background thread does, so reports stay cheap and steps never pile up.
     """
 
     def __init__(
@@ -218,7 +219,7 @@ class LogStore(Store):
                     continue
                 result = rt.apply(seq, planned)
                 after = self._after_apply(h)
-                if rt.pending:
+                if len(rt.pending) >= APPLIER_BATCH:
                     self._waiting.put(h)
             if after is not None:
                 after()
