@@ -120,6 +120,10 @@ _SERVER = textwrap.dedent(
                               metrics_port=-1)
     store = NotingStore(settings.data_dir, fsync=False)
     running = start_server(settings, store)
+    # The compiled kernel loads in the background at start (numba: ~100 MiB the first
+    # time); wait for it, so that its memory is not counted as the import's.
+    from bots_core._select import kernel
+    kernel()
     print("port", running.port, flush=True)
     sys.stdin.read()
     running.stop(grace=0)
