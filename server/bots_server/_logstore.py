@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TypeVar, Union
+from typing import Any, TypeVar, Union
 
 from bots_core import PoolConfig, PoolState, TaskSpec
 
@@ -318,10 +318,11 @@ class LogStore(Store):
         final: bool,
         run_id: str = "",
     ) -> ReportAck:
+        memo: dict[str, Any] = {}  # what replanning after a lost compare-and-set can keep
         result = self._write(
             name,
             lambda rt: rt.plan_report(
-                request_id, selection_id, outcomes, final, self.clock(), run_id
+                request_id, selection_id, outcomes, final, self.clock(), run_id, memo
             ),
         )
         assert isinstance(result, ReportAck)

@@ -30,6 +30,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from bots_core import (
@@ -146,8 +147,15 @@ def check_report_args(
     """Validates the state-free arguments of ReportOutcomes."""
     if not 1 <= len(request_id) <= MAX_REQUEST_ID:
         raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
-    for o in outcomes:
-        check_counts(o.task_key, o.successes, o.trials)
+    if outcomes:
+        succ = np.fromiter((o.successes for o in outcomes), np.float64, len(outcomes))
+        tri = np.fromiter((o.trials for o in outcomes), np.float64, len(outcomes))
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(succ) & np.isfinite(tri) & (tri > 0) & (tri <= MAX_TRIALS))
+            bad |= ~((succ >= 0) & (succ <= tri))
+        if bad.any():
+            o = outcomes[int(np.argmax(bad))]
+            check_counts(o.task_key, o.successes, o.trials)  # raises with the precise reason
     if not selection_id and not outcomes:
         raise InvalidArgument("a report without a selection_id needs at least one outcome")
     if not outcomes and not final:
@@ -344,25 +352,41 @@ class PoolRuntime:
         final: bool,
         now: float,
         run_id: str = "",
+        memo: dict[str, Any] | None = None,
     ) -> Report | ReportAck:
-        """The record of a new report, or the answer given to an earlier use of its id."""
+        """The record of a new report, or the answer given to an earlier use of its id.
+
+        ``memo`` keeps what does not depend on the pool's state (the payload's
+        digest, the validation, the outcomes summed per task) across the
+        retries of one request, when a replica plans it again after another
+        appended first.
+        """
+        memo = {} if memo is None else memo
         if not 1 <= len(request_id) <= MAX_REQUEST_ID:
             raise InvalidArgument(f"request_id must be 1..{MAX_REQUEST_ID} characters")
         if len(run_id) > MAX_RUN_ID:
             raise InvalidArgument(f"run_id is longer than {MAX_RUN_ID} characters")
-        digest = payload_digest(selection_id, outcomes, final, run_id)
-        memo = self.standalone.get(request_id) or self.bound.get(request_id)
-        if memo is not None:
-            if memo.digest != digest:
+        digest = memo.get("digest")
+        if digest is None:
+            digest = memo["digest"] = payload_digest(selection_id, outcomes, final, run_id)
+        seen = self.standalone.get(request_id) or self.bound.get(request_id)
+        if seen is not None:
+            if seen.digest != digest:
                 raise AlreadyExists(
                     f"request_id {short(request_id)} was already used with a different payload"
                 )
-            return dataclasses.replace(memo.ack, duplicate=True)
-        check_report_args(request_id, selection_id, outcomes, final)
+            return dataclasses.replace(seen.ack, duplicate=True)
+        if "checked" not in memo:
+            check_report_args(request_id, selection_id, outcomes, final)
+            memo["checked"] = True
         number = -1
         if selection_id:
             number = self._open_number(selection_id)
-        ev = aggregate(self._state, ((o.task_key, o.successes, o.trials) for o in outcomes))
+        summed = memo.get("evidence")
+        if summed is None or summed[0] != self._state.task_count:
+            outs = ((o.task_key, o.successes, o.trials) for o in outcomes)
+            summed = memo["evidence"] = (self._state.task_count, aggregate(self._state, outs))
+        ev = summed[1]
         if number < 0:
             made = request_time(request_id)
             if made is not None and made <= self.dedup_floor:
