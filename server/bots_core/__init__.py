@@ -31,7 +31,6 @@ from bots_core._update import (
     StepResult,
     aggregate,
     apply_step,
-    apply_steps,
     batch_capability,
     check_counts,
 )
@@ -63,7 +62,6 @@ __all__ = [
     "UnknownTaskError",
     "aggregate",
     "apply_step",
-    "apply_steps",
     "batch_capability",
     "beta_draws",
     "check_counts",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -184,129 +184,22 @@ def apply_step(
     round, and the run's rates are moved to the pool's capability
     (docs/algorithm.md §8); with one run this is exactly Eq. 1.
     """
-    return _step(state, evidence, estimator, run, _Arrays(state))
-
-
-def apply_steps(
-    state: PoolState,
-    steps: Sequence[tuple[Evidence, str]],
-    estimator: ImplicitEstimator = DEFAULT_ESTIMATOR,
-) -> list[StepResult]:
-    """Applies consecutive steps (evidence, run) in O(pool + total batch) instead of O(steps x pool).
-
-    The whole-pool part of Eq. 1 — forgetting and interpolated implicit
-    evidence — is affine in the posteriors with coefficients shared by every
-    task: after any number of steps, alpha = A u + B alpha0 + C w + D (g - w)
-    and beta = A v + B beta0 + E [has refs] - C w - D (g - w) for stored u, v.
-    The steps only update the five scalars and the selected tasks; one pass
-    at the end writes the posteriors out. The result equals applying the
-    steps one by one with :func:`apply_step` up to float rounding (a step whose
-    p~ needs clipping, or another estimator, is applied on the arrays).
-    """
-    view = _Affine(state)
-    try:
-        return [_step(state, ev, estimator, run, view) for ev, run in steps]
-    finally:
-        view.flush()
-
-
-class _Arrays:
-    """The posteriors as they are: the whole-pool update runs on the arrays."""
-
-    def __init__(self, state: PoolState) -> None:
-        self.state = state
-
-    def get(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
-        return self.state.alpha[idx], self.state.beta[idx]
-
-    def put(self, idx: IntArray, alpha: FloatArray, beta: FloatArray) -> None:
-        self.state.alpha[idx] = alpha
-        self.state.beta[idx] = beta
-
-    def decay(self, estimator: ImplicitEstimator, lam: float, w: float) -> None:
-        if estimator is DEFAULT_ESTIMATOR:
-            _decay_and_interpolate(self.state, lam, w)
-        else:
-            _decay_and_estimate(self.state, estimator, lam, w)
-
-
-class _Affine(_Arrays):
-    """The posteriors as stored values and five shared coefficients (see ``apply_steps``)."""
-
-    def __init__(self, state: PoolState) -> None:
-        super().__init__(state)
-        self.a, self.b, self.c, self.d, self.e = 1.0, 0.0, 0.0, 0.0, 0.0
-
-    def _shift(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
-        st, dv = self.state, self.state.derived
-        common = self.c * dv.weak0[idx] + self.d * dv.gap[idx]
-        return (
-            self.b * st.alpha0[idx] + common,
-            self.b * st.beta0[idx] + self.e * dv.has_ref[idx] - common,
-        )
-
-    def get(self, idx: IntArray) -> tuple[FloatArray, FloatArray]:
-        sa, sb = self._shift(idx)
-        return self.a * self.state.alpha[idx] + sa, self.a * self.state.beta[idx] + sb
-
-    def put(self, idx: IntArray, alpha: FloatArray, beta: FloatArray) -> None:
-        sa, sb = self._shift(idx)
-        self.state.alpha[idx] = (alpha - sa) / self.a
-        self.state.beta[idx] = (beta - sb) / self.a
-
-    def decay(self, estimator: ImplicitEstimator, lam: float, w: float) -> None:
-        cap, dv = self.state.capability, self.state.derived
-        implicit = w > 0.0 and not math.isnan(cap) and dv.ref_count > 0
-        if estimator is not DEFAULT_ESTIMATOR or (implicit and not 0.0 <= cap <= 1.0):
-            self.flush()  # p~ is clipped (or not the interpolation): not affine
-            super().decay(estimator, lam, w)
-            return
-        keep = 1.0 - lam
-        self.a *= keep
-        self.b = keep * self.b + lam
-        self.c *= keep
-        self.d *= keep
-        self.e *= keep
-        if implicit:
-            self.c += w
-            self.d += w * cap
-            self.e += w
-        if self.a < 1e-6:  # keep the stored values well scaled
-            self.flush()
-
-    def flush(self) -> None:
-        """Writes the posteriors out and resets the coefficients."""
-        if (self.a, self.b, self.c, self.d, self.e) == (1.0, 0.0, 0.0, 0.0, 0.0):
-            return
-        st, dv = self.state, self.state.derived
-        common = self.c * dv.weak0 + self.d * dv.gap
-        st.alpha *= self.a
-        st.alpha += self.b * st.alpha0
-        st.alpha += common
-        st.beta *= self.a
-        st.beta += self.b * st.beta0
-        st.beta += self.e * dv.has_ref
-        st.beta -= common
-        self.a, self.b, self.c, self.d, self.e = 1.0, 0.0, 0.0, 0.0, 0.0
-
-
-def _step(
-    state: PoolState, evidence: Evidence, estimator: ImplicitEstimator, run: str, view: _Arrays
-) -> StepResult:
     cfg = state.config
     lam, rho, n = cfg.forgetting, cfg.implicit_weight, cfg.pseudo_rollouts
     idx, s, t = evidence.indices, evidence.successes, evidence.trials
+    run_state = state.runs.get(run)
+    if run_state is None:
+        run_state = state.runs[run] = RunState()
+    k = sharing(state.runs, run, state.steps_applied)
+    if k > 1:
+        lam = 1.0 - (1.0 - lam) ** (1.0 / k)
+        rho = rho / k
     if len(idx) and (idx.min() < 0 or idx.max() >= state.task_count):
         raise InvalidInputError("evidence index out of range")
     if not (
         np.all(np.isfinite(s)) and np.all(np.isfinite(t)) and np.all(s >= 0) and np.all(s <= t)
     ):
         raise InvalidInputError("evidence counts must be finite with 0 <= successes <= trials")
-    run_state = state.runs.get(run) or RunState()
-    k = sharing(state.runs, run, state.steps_applied)
-    if k > 1:
-        lam = 1.0 - (1.0 - lam) ** (1.0 / k)
-        rho = rho / k
     raw = evidence
     gap = state.derived.gap[idx]
     move = run_offset(state.runs, run, state.steps_applied)
@@ -314,25 +207,29 @@ def _step(
         # The run's rates as the pool would see them: y - (g - w) delta_r, clipped.
         rate = np.clip(s / t - gap * move, 0.0, 1.0)
         s = np.where(gap != 0.0, rate * t, s)
+    _observe_offset(state, run_state, raw, gap)
     keep = 1.0 - lam
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
-    sel_alpha, sel_beta = view.get(idx)
     with np.errstate(over="ignore"):  # an overflow is caught just below
-        new_alpha = keep * sel_alpha + lam * state.alpha0[idx] + s
-        new_beta = keep * sel_beta + lam * state.beta0[idx] + (t - s)
+        new_alpha = keep * state.alpha[idx] + lam * state.alpha0[idx] + s
+        new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
     if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
         raise CorruptStateError(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
-    state.runs[run] = run_state
-    _observe_offset(state, run_state, raw, gap, sel_alpha / (sel_alpha + sel_beta))
+
     _record_quality(state, raw)
     estimator.observe(state, raw)
     _observe_run(state, run_state, raw)
 
-    view.decay(estimator, lam, rho * n)
-    view.put(idx, new_alpha, new_beta)
+    if estimator is DEFAULT_ESTIMATOR:
+        _decay_and_interpolate(state, lam, rho * n)
+    else:
+        _decay_and_estimate(state, estimator, lam, rho * n)
+
+    state.alpha[idx] = new_alpha
+    state.beta[idx] = new_beta
 
     state.steps_applied += 1
     result = _step_stats(raw, state.capability)
@@ -423,22 +320,21 @@ def _decay_and_estimate(
         state.beta -= p
 
 
-def _observe_offset(
-    state: PoolState, run: RunState, evidence: Evidence, gap: FloatArray, means: FloatArray
-) -> None:
+def _observe_offset(state: PoolState, run: RunState, evidence: Evidence, gap: FloatArray) -> None:
     """Adds this batch to the run's offset sums: residuals against the posterior means.
 
     The model is y_k = m_k + gap_k * delta_r: a run delta_r (in reference
     gaps) stronger than the pool sees every referenced task that much easier.
     Its least-squares estimate over the run's recent batches, decayed by the
     pool's momentum, is s_ge / s_gg (shrunk, see ``RunState.raw_offset``).
-    ``means`` are the selected tasks' posterior means before the step.
     """
     has = gap != 0.0
     if not has.any():
         return
+    idx = evidence.indices[has]
     g = gap[has]
-    resid = evidence.successes[has] / evidence.trials[has] - means[has]
+    mean = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
+    resid = evidence.successes[has] / evidence.trials[has] - mean
     keep = state.config.momentum
     run.s_ge = keep * run.s_ge + float(np.dot(g, resid))
     run.s_gg = keep * run.s_gg + float(np.dot(g, g))

@@ -38,10 +38,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Planned = Union[Record, SelectionView, ReportAck, None]  # noqa: UP007
-# Steps that make the background applier apply what is waiting, in one pass over the
-# pool (fewer wait for the next draw, stats or checkpoint, which apply them the same way).
-APPLIER_BATCH = 64
-# Pause of the step applier between two batches, so that requests get the pool lock.
+# Pause of the step applier between two steps, so that requests get the pool lock.
 APPLIER_PAUSE_SECONDS = 0.002
 # Rounds of plan + append one request may take when replicas keep appending first.
 MAX_ATTEMPTS = 50
@@ -79,10 +76,12 @@ class LogStore(Store):
     """Pools as runtimes over a per-pool record log; subclasses provide the log.
 
     Steps (closed selections, standalone reports) are applied to the
-    posteriors lazily (see ``bots_server._pool``): a draw, stats or a
-    checkpoint applies the waiting ones together, in one pass over the pool
-    (``bots_core.apply_steps``), and once ``APPLIER_BATCH`` are waiting a
-    background thread does, so reports stay cheap and steps never pile up.
+    posteriors lazily (see ``bots_server._pool``). A background thread applies
+    them one at a time, taking the pool lock for each and pausing between
+    steps, so that reports stay cheap, steps never pile up into a long pause,
+    and a draw seldom finds a step left to apply. Each step is applied alone,
+    by ``bots_core.apply_step``, so every replica computes bit-identical
+    posteriors whenever it happens to apply them.
     """
 
     def __init__(
@@ -113,7 +112,7 @@ class LogStore(Store):
                     if h.deleted or rt is None or h.damage is not None:
                         break
                     try:
-                        left = rt.apply_pending(APPLIER_BATCH)
+                        left = rt.apply_pending(1)
                     except Exception:  # the request that needs the posteriors will say why
                         log.exception("applying a step of pool %s failed", h.name)
                         break
@@ -219,7 +218,7 @@ class LogStore(Store):
                     continue
                 result = rt.apply(seq, planned)
                 after = self._after_apply(h)
-                if len(rt.pending) >= APPLIER_BATCH:
+                if rt.pending:
                     self._waiting.put(h)
             if after is not None:
                 after()

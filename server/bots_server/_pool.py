@@ -41,7 +41,7 @@ from bots_core import (
     RunState,
     TaskSpec,
     aggregate,
-    apply_steps,
+    apply_step,
     check_counts,
     run_offset,
     select_batch,
@@ -248,15 +248,13 @@ class PoolRuntime:
         return self._state
 
     def apply_pending(self, steps: int) -> int:
-        """Applies up to ``steps`` of the waiting steps, oldest first; returns how many remain.
-
-        Consecutive steps go through ``bots_core.apply_steps``: one pass over
-        the pool for all of them, not one each.
-        """
-        batch = self.pending[:steps]
-        if batch:
-            apply_steps(self._state, batch)
-            del self.pending[: len(batch)]
+        """Applies up to ``steps`` of the waiting steps, oldest first; returns how many remain."""
+        done = 0
+        while done < steps and self.pending:
+            ev, run = self.pending[0]
+            apply_step(self._state, ev, run=run)
+            self.pending.pop(0)
+            done += 1
         return len(self.pending)
 
     @property
