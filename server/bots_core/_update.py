@@ -187,9 +187,7 @@ def apply_step(
     cfg = state.config
     lam, rho, n = cfg.forgetting, cfg.implicit_weight, cfg.pseudo_rollouts
     idx, s, t = evidence.indices, evidence.successes, evidence.trials
-    run_state = state.runs.get(run)
-    if run_state is None:
-        run_state = state.runs[run] = RunState()
+    run_state = state.runs.get(run) or RunState()  # registered once the step is valid
     k = sharing(state.runs, run, state.steps_applied)
     if k > 1:
         lam = 1.0 - (1.0 - lam) ** (1.0 / k)
@@ -207,7 +205,6 @@ def apply_step(
         # The run's rates as the pool would see them: y - (g - w) delta_r, clipped.
         rate = np.clip(s / t - gap * move, 0.0, 1.0)
         s = np.where(gap != 0.0, rate * t, s)
-    _observe_offset(state, run_state, raw, gap)
     keep = 1.0 - lam
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
@@ -218,6 +215,8 @@ def apply_step(
         raise CorruptStateError(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
+    state.runs[run] = run_state
+    _observe_offset(state, run_state, raw, gap)
 
     _record_quality(state, raw)
     estimator.observe(state, raw)
