@@ -307,24 +307,28 @@ def load_pool(
         return None, 0, Damage(base, 0, f"snapshot unreadable: {exc}")
     image_seq = runtime.seq
     records, damage = read_segments(directory)
-    runtime, damage = _replay(runtime, records, damage)
+    runtime, damage = _replay(directory, runtime, records, damage)
     return runtime, image_seq, damage
 
 
 def _replay(
-    runtime: PoolRuntime, records: list[tuple[int, bytes]], damage: Damage | None
+    directory: Path,
+    runtime: PoolRuntime,
+    records: list[tuple[int, bytes]],
+    damage: Damage | None,
 ) -> tuple[PoolRuntime, Damage | None]:
+    """Applies the journal records after the snapshot; a record that does not fit is damage."""
+    journal = directory / "journal-*.log"
     for seq, payload in records:
         if seq <= runtime.seq:
             continue
         if seq != runtime.seq + 1:
-            return runtime, Damage(
-                Path(""), 0, f"the journal resumes at record {seq} after {runtime.seq}"
-            )
+            reason = f"the journal resumes at record {seq} after the snapshot's {runtime.seq}"
+            return runtime, Damage(journal, 0, reason)
         try:
             runtime.apply(seq, decode(payload))
         except Exception as exc:  # a record that does not apply is damage, whatever it is
-            return runtime, Damage(Path(""), 0, f"record {seq} does not apply: {exc}")
+            return runtime, Damage(journal, 0, f"record {seq} does not apply: {exc}")
     return runtime, damage
 
 
@@ -373,7 +377,7 @@ def recover_pool(data_dir: str | os.PathLike[str], name: str) -> Recovery:
             )
         start = runtime.seq
         records, damage = read_segments(directory)
-        runtime, damage2 = _replay(runtime, records, damage)
+        runtime, damage2 = _replay(directory, runtime, records, damage)
         damage = damage or damage2
         if damage is not None:
             log.warning("recover %s: dropping everything after %s", name, damage.describe())
