@@ -21,7 +21,7 @@ from bots_core._select import (
     top_k,
     warm_up_kernel,
 )
-from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, PoolState, TaskSpec, split_keys
+from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, Lazy, PoolState, TaskSpec, split_keys
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
     MAX_TRIALS,
@@ -51,6 +51,7 @@ __all__ = [
     "ImplicitEstimator",
     "InterpolationEstimator",
     "InvalidInputError",
+    "Lazy",
     "PoolConfig",
     "PoolState",
     "RunState",

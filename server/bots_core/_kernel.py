@@ -217,6 +217,12 @@ def draw_chunk(
     out_key: npt.NDArray[np.float64],
     out_pos: npt.NDArray[np.int64],
     out_draw: npt.NDArray[np.float64],
+    lin: npt.NDArray[np.float64],
+    a0: npt.NDArray[np.float64],
+    b0: npt.NDArray[np.float64],
+    w0: npt.NDArray[np.float64],
+    r0: npt.NDArray[np.float64],
+    g: npt.NDArray[np.float64],
 ) -> tuple[int, float]:
     """Draws tasks ``lo:hi`` and keeps the ``k`` smallest keys (a max-heap in the outputs).
 
@@ -225,14 +231,25 @@ def draw_chunk(
     kept, the smallest key dropped, inf if none); the count is -1 when a shape
     is not a finite positive number. ``goal`` is ``target``, or ``target -
     shift[i]`` when ``shift`` is not empty (a run's own view, docs/algorithm.md §8).
+    When ``lin`` is not empty, ``alpha`` and ``beta`` are stored columns and
+    ``lin`` = (scale, prior, weak, gap) the pending steps (``bots_core.Lazy``):
+    each posterior is computed here, in the same order as ``PoolState.alpha``.
     """
     st = (seed[0], seed[1], seed[2], seed[3])
     moved = len(shift) > 0
+    lazy = len(lin) > 0
+    sc = lin[0] if lazy else 1.0
+    pr = lin[1] if lazy else 0.0
+    wk = lin[2] if lazy else 0.0
+    gp = lin[3] if lazy else 0.0
     m = 0
     dropped = math.inf
     for i in range(lo, hi):
         a = alpha[i]
         b = beta[i]
+        if lazy:
+            a = ((a * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
+            b = ((b * sc + b0[i] * pr) + r0[i] * wk) + g[i] * (-gp)
         if not (a > 0.0 and b > 0.0 and a < math.inf and b < math.inf):
             return -1, dropped
         p, st = _beta_draw(a, b, st)
@@ -299,7 +316,13 @@ def _warm_up() -> None:
     one = np.ones(2)
     seed = np.ones(4, dtype=np.uint64)
     key, pos, draw = np.empty(1), np.empty(1, dtype=np.int64), np.empty(1)
-    draw_chunk(one, one, 0, 2, 0.5, np.zeros(0), 0.0, seed, 1, key, pos, draw)
+    none = np.zeros(0)
+    draw_chunk(
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, none, one, one, one, one, one
+    )
+    draw_chunk(
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, one, one
+    )
     betas(seed, one, one)
 
 

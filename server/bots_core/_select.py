@@ -87,7 +87,8 @@ def select_batch(
     if cfg.mode is SelectionMode.UNIFORM:
         idx = np.sort(merge_rng.choice(n, size=batch_size, replace=False)).astype(np.int64)
         merge_rng.shuffle(idx)
-        values = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
+        a, b = state.posterior_at(idx)
+        values = a / (a + b)
         return Selection(idx, values, values.copy())
     if cfg.mode is SelectionMode.GREEDY:
         means = state.posterior_mean()
@@ -96,13 +97,14 @@ def select_batch(
         scored = means[idx] if shift is None else np.clip(means[idx] + shift[idx], 0.0, 1.0)
         return Selection(idx, scored, means[idx])
     cand, draws = thompson_candidates(
-        np.ascontiguousarray(state.alpha, dtype=np.float64),
-        np.ascontiguousarray(state.beta, dtype=np.float64),
+        state.stored_alpha,
+        state.stored_beta,
         target,
         batch_size,
         ss,
         softmax_tau=_tau(state),
         shift=shift,
+        lazy=_lazy_inputs(state),
     )
     if cfg.mode is SelectionMode.SOFTMAX:
         keys = draws[1]
@@ -114,8 +116,21 @@ def select_batch(
     sampled = draws[0][pos]
     if shift is not None:
         sampled = np.clip(sampled + shift[idx], 0.0, 1.0)
-    means = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
-    return Selection(idx, sampled, means)
+    a, b = state.posterior_at(idx)
+    return Selection(idx, sampled, a / (a + b))
+
+
+LazyInputs = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
+
+
+def _lazy_inputs(state: PoolState) -> LazyInputs | None:
+    """What the kernel needs to compute posteriors from stored columns (None: they are posteriors)."""
+    lz = state.lazy
+    if lz.identity:
+        return None
+    d = state.derived
+    lin = np.array([lz.scale, lz.prior, lz.weak, lz.gap])
+    return lin, state.alpha0, state.beta0, d.weak0, d.rest0, d.gap
 
 
 def _tau(state: PoolState) -> float | None:
@@ -148,8 +163,12 @@ def thompson_candidates(
     ss: np.random.SeedSequence,
     softmax_tau: float | None = None,
     shift: FloatArray | None = None,
+    lazy: LazyInputs | None = None,
 ) -> tuple[IntArray, tuple[FloatArray, FloatArray]]:
     """Draws p ~ Beta(alpha, beta) for every task and keeps the candidates for the best ``k``.
+
+    With ``lazy`` (``PoolState.lazy`` as the kernel takes it), ``alpha`` and
+    ``beta`` are stored columns and each posterior is computed as it is drawn.
 
     Returns candidate indices (every task whose ranking key is at most the
     ``k``-th smallest, ties at that cut included) with their draws and their
@@ -172,12 +191,15 @@ def thompson_candidates(
     kept = np.empty(chunks, dtype=np.int64)
     dropped = np.empty(chunks)
     moved = np.zeros(0) if shift is None else np.ascontiguousarray(shift, dtype=np.float64)
+    alpha = np.ascontiguousarray(alpha, dtype=np.float64)
+    beta = np.ascontiguousarray(beta, dtype=np.float64)
+    lin = _NO_LAZY if lazy is None else lazy
 
     def run(block: range) -> None:
         for ci in block:
             kept[ci], dropped[ci] = kernel().draw_chunk(
                 alpha, beta, ci * CHUNK, min(n, (ci + 1) * CHUNK), target, moved, tau,
-                seeds[ci], k, key[ci], pos[ci], draw[ci],
+                seeds[ci], k, key[ci], pos[ci], draw[ci], *lin,
             )  # fmt: skip
 
     _run_blocks(run, chunks)
@@ -190,7 +212,9 @@ def thompson_candidates(
     if len(tied):
         # A chunk dropped a task whose key equals the cut (the heap keeps k, not
         # its ties): draw those chunks again, keeping every task, for exact ties.
-        extra = [_chunk_all(alpha, beta, int(ci), target, moved, tau, seeds[ci]) for ci in tied]
+        extra = [
+            _chunk_all(alpha, beta, int(ci), target, moved, tau, seeds[ci], lin) for ci in tied
+        ]
         keep = ~np.isin(cand_pos // CHUNK, tied)
         cand_key = np.concatenate([cand_key[keep], *(e[0] for e in extra)])
         cand_pos = np.concatenate([cand_pos[keep], *(e[1] for e in extra)])
@@ -198,6 +222,10 @@ def thompson_candidates(
     close = cand_key <= cut
     order = np.argsort(cand_pos[close], kind="stable")  # task order: independent of threads
     return cand_pos[close][order], (cand_draw[close][order], cand_key[close][order])
+
+
+_NONE = np.zeros(0)
+_NO_LAZY: LazyInputs = (_NONE, _NONE, _NONE, _NONE, _NONE, _NONE)
 
 
 def kernel() -> ModuleType:
@@ -230,11 +258,13 @@ def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint6
 
 def _chunk_all(
     alpha: FloatArray, beta: FloatArray, ci: int, target: float, moved: FloatArray,
-    tau: float, seed: npt.NDArray[np.uint64],
+    tau: float, seed: npt.NDArray[np.uint64], lin: LazyInputs,
 ) -> tuple[FloatArray, IntArray, FloatArray]:  # fmt: skip
     lo, hi = ci * CHUNK, min(len(alpha), (ci + 1) * CHUNK)
     key, pos, draw = np.empty(hi - lo), np.empty(hi - lo, dtype=np.int64), np.empty(hi - lo)
-    kernel().draw_chunk(alpha, beta, lo, hi, target, moved, tau, seed, hi - lo, key, pos, draw)
+    kernel().draw_chunk(
+        alpha, beta, lo, hi, target, moved, tau, seed, hi - lo, key, pos, draw, *lin
+    )
     return key, pos, draw
 
 

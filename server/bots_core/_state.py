@@ -25,6 +25,48 @@ ETR_WINDOW = 100
 _MAGIC = b"BOTSPOOL\x01"
 
 
+@dataclass
+class Lazy:
+    """Forgetting and implicit evidence of recent steps, not yet written into every task.
+
+    The posteriors are ``alpha = scale * a + prior * alpha0 + weak * w0 + gap * g``
+    and ``beta = scale * b + prior * beta0 + weak * r0 - gap * g``, where ``a``
+    and ``b`` are the stored columns, ``w0`` the weak reference rate, ``g`` the
+    gap to the strong one and ``r0 = 1 - w0`` (all three 0 for tasks without
+    rates). A step of Eq. 1 then changes four numbers and the rows of its own
+    batch, not every task (docs/algorithm.md §2, "Cost of a step"). ``steps``
+    counts the steps folded in since the columns were last written whole; the
+    engine writes them whole again at fixed points of the step sequence, so the
+    stored numbers, and every draw made from them, are a function of the pool's
+    history alone.
+    """
+
+    scale: float = 1.0
+    prior: float = 0.0
+    weak: float = 0.0
+    gap: float = 0.0
+    steps: int = 0
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.prior == 0.0 and self.weak == 0.0 and self.gap == 0.0
+
+    def to_json(self) -> list[float]:
+        return [self.scale, self.prior, self.weak, self.gap, float(self.steps)]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Lazy:
+        """Inverse of :meth:`to_json`; ``None`` (older images) is the identity."""
+        if raw is None:
+            return cls()
+        scale, prior, weak, gap, steps = (float(x) for x in raw)
+        if not (math.isfinite(scale) and scale > 0.0) or not all(
+            math.isfinite(x) for x in (prior, weak, gap)
+        ):
+            raise ValueError("lazy step coefficients must be finite with a positive scale")
+        return cls(scale, prior, weak, gap, int(steps))
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task as registered: key, optional reference pass rates, prior.
@@ -104,22 +146,110 @@ class PoolState:
         self.diagnostics = Diagnostics()
         self.runs: dict[str, RunState] = {}  # the runs that took steps (docs/algorithm.md §8)
         self._derived: _Derived | None = None
+        self.lazy = Lazy()  # steps not yet written into every task (see Lazy)
+        self._version = 0  # bumped by every change of the posteriors
+        self._view: tuple[int, FloatArray, FloatArray] | None = None
 
+    # ------------------------------------------------------------ posteriors
     @property
     def alpha(self) -> FloatArray:
-        return self._cols["alpha"][: len(self.keys)]
+        """Posterior alpha of every task.
+
+        The stored column itself while no step is pending in :attr:`lazy`
+        (writable, as for a pool being set up); otherwise a read-only array
+        computed once per change of the pool.
+        """
+        if self.lazy.identity:
+            return self._cols["alpha"][: len(self.keys)]
+        return self._materialized()[0]
 
     @alpha.setter
     def alpha(self, value: FloatArray) -> None:
+        self.normalize()
         self._set("alpha", value)
 
     @property
     def beta(self) -> FloatArray:
-        return self._cols["beta"][: len(self.keys)]
+        """Posterior beta of every task (see :attr:`alpha`)."""
+        if self.lazy.identity:
+            return self._cols["beta"][: len(self.keys)]
+        return self._materialized()[1]
 
     @beta.setter
     def beta(self, value: FloatArray) -> None:
+        self.normalize()
         self._set("beta", value)
+
+    @property
+    def stored_alpha(self) -> FloatArray:
+        """The alpha column as stored: the posterior only together with :attr:`lazy`."""
+        return self._cols["alpha"][: len(self.keys)]
+
+    @property
+    def stored_beta(self) -> FloatArray:
+        """The beta column as stored (see :attr:`stored_alpha`)."""
+        return self._cols["beta"][: len(self.keys)]
+
+    def changed(self) -> None:
+        """Marks the posteriors changed (drops the computed view)."""
+        self._version += 1
+        self._view = None
+
+    def posterior_at(self, idx: npt.NDArray[np.int64]) -> tuple[FloatArray, FloatArray]:
+        """(alpha, beta) of the tasks ``idx``: O(len(idx)), whatever the pool's size."""
+        a, b = self.stored_alpha[idx], self.stored_beta[idx]
+        lz = self.lazy
+        if lz.identity:
+            return a, b  # fancy indexing copied them
+        d = self.derived
+        return (
+            _combine(a, self.alpha0[idx], d.weak0[idx], d.gap[idx], lz, 1.0),
+            _combine(b, self.beta0[idx], d.rest0[idx], d.gap[idx], lz, -1.0),
+        )
+
+    def store_at(self, idx: npt.NDArray[np.int64], alpha: FloatArray, beta: FloatArray) -> None:
+        """Sets the posteriors of the tasks ``idx`` (stored relative to :attr:`lazy`)."""
+        lz = self.lazy
+        if lz.identity:
+            self.stored_alpha[idx] = alpha
+            self.stored_beta[idx] = beta
+        else:
+            d = self.derived
+            a0, b0, w0, r0, g = (
+                self.alpha0[idx], self.beta0[idx], d.weak0[idx], d.rest0[idx], d.gap[idx],
+            )  # fmt: skip
+            self.stored_alpha[idx] = (alpha - _offset(a0, w0, g, lz, 1.0)) / lz.scale
+            self.stored_beta[idx] = (beta - _offset(b0, r0, g, lz, -1.0)) / lz.scale
+        self.changed()
+
+    def normalize(self) -> None:
+        """Writes the pending steps into every task's columns (O(pool)); :attr:`lazy` is reset."""
+        lz = self.lazy
+        if lz.identity:
+            lz.steps = 0
+            return
+        d = self.derived
+        a, b = self.stored_alpha, self.stored_beta
+        block = 1 << 15
+        for lo in range(0, len(a), block):
+            hi = min(lo + block, len(a))
+            g = d.gap[lo:hi]
+            a[lo:hi] = _combine(a[lo:hi], self.alpha0[lo:hi], d.weak0[lo:hi], g, lz, 1.0)
+            b[lo:hi] = _combine(b[lo:hi], self.beta0[lo:hi], d.rest0[lo:hi], g, lz, -1.0)
+        self.lazy = Lazy()
+        self.changed()
+
+    def _materialized(self) -> tuple[FloatArray, FloatArray]:
+        view = self._view
+        if view is not None and view[0] == self._version:
+            return view[1], view[2]
+        d, lz = self.derived, self.lazy
+        a = _combine(self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0)
+        b = _combine(self.stored_beta, self.beta0, d.rest0, d.gap, lz, -1.0)
+        a.flags.writeable = False
+        b.flags.writeable = False
+        self._view = (self._version, a, b)
+        return a, b
 
     @property
     def alpha0(self) -> FloatArray:
@@ -161,9 +291,11 @@ class PoolState:
         buf = self._cols[name]
         if arr.base is buf and arr.ctypes.data == buf.ctypes.data:
             return  # ``state.alpha *= x``: the view of the buffer itself
-        self._cols[name] = np.ascontiguousarray(arr)
         if name in ("weak", "strong", "alpha0", "beta0"):
+            self.normalize()  # the pending steps were taken with the old columns
             self._derived = None
+        self._cols[name] = np.ascontiguousarray(arr)
+        self.changed()
 
     @property
     def index(self) -> dict[str, int]:
@@ -248,14 +380,22 @@ class PoolState:
         n0, m = len(self.keys), len(keys)
         if self._index is not None:
             self._index.update(zip(keys, range(n0, n0 + m)))
+        alpha, beta = prior_alpha, prior_beta
+        lz = self.lazy
+        if not lz.identity:
+            # Stored relative to the pending steps, so that the new tasks read as their prior.
+            w0, r0, g = reference_terms(weak, strong)
+            alpha = (prior_alpha - _offset(prior_alpha, w0, g, lz, 1.0)) / lz.scale
+            beta = (prior_beta - _offset(prior_beta, r0, g, lz, -1.0)) / lz.scale
         for name, values in (
-            ("alpha0", prior_alpha), ("beta0", prior_beta), ("alpha", prior_alpha),
-            ("beta", prior_beta), ("weak", weak), ("strong", strong),
+            ("alpha0", prior_alpha), ("beta0", prior_beta), ("alpha", alpha),
+            ("beta", beta), ("weak", weak), ("strong", strong),
         ):  # fmt: skip
             self._cols[name] = _appended(self._cols[name], n0, values)
         self.keys.extend(keys)
         if self._derived is not None:
             self._derived.extend(self, n0)
+        self.changed()
 
     @classmethod
     def from_columns(
@@ -269,8 +409,11 @@ class PoolState:
         prior_beta: FloatArray,
         alpha: FloatArray | None = None,
         beta: FloatArray | None = None,
+        lazy: Lazy | None = None,
     ) -> PoolState:
         """A pool of already validated tasks, posteriors at the prior unless given (takes ``keys``).
+
+        ``alpha`` and ``beta`` are the stored columns, relative to ``lazy`` when given.
 
         The fast way to load a whole table: no per-task work beyond the
         arrays, and the key index is built only when something looks a key up.
@@ -289,6 +432,8 @@ class PoolState:
             state._cols[col] = np.ascontiguousarray(values, dtype=np.float64)
         state._cols["alpha"] = np.array(prior_alpha if alpha is None else alpha, dtype=np.float64)
         state._cols["beta"] = np.array(prior_beta if beta is None else beta, dtype=np.float64)
+        if lazy is not None:
+            state.lazy = lazy
         return state
 
     def trim(self) -> None:
@@ -338,11 +483,14 @@ class PoolState:
             "recent_etr": list(self.recent_etr),
             "diagnostics": self.diagnostics.to_json(),
             "runs": {r: s.to_json() for r, s in self.runs.items()},
+            "lazy": self.lazy.to_json(),
         }
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         key_bytes = [k.encode("utf-8") for k in self.keys]
         lengths = np.array([len(k) for k in key_bytes], dtype="<u4")
-        arrays = [self.alpha, self.beta, self.alpha0, self.beta0, self.weak, self.strong]
+        arrays = [
+            self.stored_alpha, self.stored_beta, self.alpha0, self.beta0, self.weak, self.strong,
+        ]  # fmt: skip
         parts = [_MAGIC, struct.pack("<Q", len(hbytes)), hbytes, lengths.tobytes()]
         parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays]
         parts.append(b"".join(key_bytes))
@@ -384,11 +532,10 @@ class PoolState:
         if int(lengths.sum(dtype=np.int64)) != len(blob):
             raise InvalidInputError("serialised pool is truncated or corrupt")
         alpha, beta, alpha0, beta0, weak, strong = arrays
-        loaded = cls.from_columns(
-            state.name, state.config, split_keys(blob, lengths), weak, strong, alpha0, beta0
-        )
-        loaded.alpha, loaded.beta = alpha, beta
-        state = loaded
+        state = cls.from_columns(
+            state.name, state.config, split_keys(blob, lengths), weak, strong, alpha0, beta0,
+            alpha, beta, Lazy.from_json(header.get("lazy")),
+        )  # fmt: skip
         cap = header["capability"]
         state.capability = math.nan if cap is None else float(cap)
         state.steps_applied = int(header["steps_applied"])
@@ -401,6 +548,46 @@ class PoolState:
 
 
 _COLUMNS = ("alpha", "beta", "alpha0", "beta0", "weak", "strong")
+
+
+def reference_terms(
+    weak: FloatArray, strong: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(w0, r0, g) of tasks: weak rate, 1 - weak rate and strong - weak, all 0 without rates."""
+    has_ref = ~np.isnan(weak)
+    w0 = np.where(has_ref, weak, 0.0)
+    return w0, np.where(has_ref, 1.0 - w0, 0.0), np.where(has_ref, strong - weak, 0.0)
+
+
+def _offset(
+    prior: FloatArray, rate: FloatArray, gap: FloatArray, lz: Lazy, sign: float
+) -> FloatArray:
+    """What the pending steps add to a posterior: prior * p0 + weak * rate + sign * gap * g."""
+    out = prior * lz.prior
+    if lz.weak:
+        out += rate * lz.weak
+    if lz.gap:
+        out += gap * (sign * lz.gap)
+    return out
+
+
+def _combine(
+    stored: FloatArray, prior: FloatArray, rate: FloatArray, gap: FloatArray, lz: Lazy, sign: float
+) -> FloatArray:
+    """The posterior of stored columns under ``lz``, in the kernel's order of operations.
+
+    ``((scale * stored + prior * p0) + weak * rate) + sign * gap * g``, term by
+    term left to right as ``bots_core._kernel`` computes it, so that both give
+    the same bits. A zero coefficient adds exactly nothing and is skipped.
+    """
+    out = stored * lz.scale
+    if lz.prior:
+        out += prior * lz.prior
+    if lz.weak:
+        out += rate * lz.weak
+    if lz.gap:
+        out += gap * (sign * lz.gap)
+    return out
 
 
 def _appended(buf: npt.NDArray[Any], n: int, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -437,6 +624,7 @@ class _Derived:
         self._has_ref = np.zeros(0, dtype=bool)
         self._weak0 = np.zeros(0)
         self._gap = np.zeros(0)
+        self._rest0 = np.zeros(0)
         self._no_ref = np.zeros(0, dtype=np.int64)
         self._n = 0
         self._n_no_ref = 0
@@ -444,6 +632,7 @@ class _Derived:
         self._prior: tuple[float, float] | None = None
         self._mixed_prior = False
         self._scratch = np.zeros(0)
+        self._clip_orders: dict[bool, tuple[FloatArray, npt.NDArray[np.int64]]] = {}
 
     @property
     def has_ref(self) -> npt.NDArray[np.bool_]:
@@ -456,6 +645,10 @@ class _Derived:
     @property
     def gap(self) -> FloatArray:  # strong - weak with 0 where unknown
         return self._gap[: self._n]
+
+    @property
+    def rest0(self) -> FloatArray:  # 1 - weak with 0 where unknown
+        return self._rest0[: self._n]
 
     @property
     def no_ref(self) -> npt.NDArray[np.int64]:  # tasks without rates
@@ -473,6 +666,38 @@ class _Derived:
             self._scratch = np.zeros(self._n + self._n // 2)
         return self._scratch[: self._n]
 
+    def clip_candidates(self, cap: float) -> npt.NDArray[np.int64]:
+        """Tasks whose interpolation ``w0 + cap g`` may leave [0, 1] (a superset; none in [0, 1]).
+
+        With ``cap < 0`` these are tasks with ``g > 0`` and ``-w0 / g > cap``
+        (below 0) or ``g < 0`` and ``r0 / g > cap`` (above 1); with ``cap > 1``,
+        ``g > 0`` and ``r0 / g < cap`` or ``g < 0`` and ``-w0 / g < cap``. Each
+        is a prefix of one order of the tasks by that bound, sorted once per
+        change of the task table, so finding them costs O(log pool + found).
+        """
+        if 0.0 <= cap <= 1.0 or math.isnan(cap):
+            return np.zeros(0, dtype=np.int64)
+        high = cap > 1.0
+        order = self._clip_orders.get(high)
+        if order is None:
+            g = self.gap
+            with np.errstate(divide="ignore", invalid="ignore"):
+                low_bound, high_bound = -self.weak0 / g, self.rest0 / g
+            # Bounds, negated where the test is "bound > cap", so every test reads "key < c".
+            pos, neg = np.flatnonzero(g > 0.0), np.flatnonzero(g < 0.0)
+            if high:
+                keys = np.concatenate([high_bound[pos], low_bound[neg]])
+            else:
+                keys = -np.concatenate([low_bound[pos], high_bound[neg]])
+            idx = np.concatenate([pos, neg])
+            sort = np.argsort(keys, kind="stable")
+            order = (keys[sort], idx[sort])
+            self._clip_orders[high] = order
+        keys, idx = order
+        c = cap if high else -cap
+        slack = 1e-9 * (1.0 + abs(c))  # rounding of the bounds; the caller tests exactly
+        return idx[: int(np.searchsorted(keys, c + slack, side="left"))]
+
     @classmethod
     def build(cls, state: PoolState) -> _Derived:
         d = cls()
@@ -481,12 +706,15 @@ class _Derived:
 
     def extend(self, state: PoolState, n0: int) -> None:
         """Adds tasks ``n0:`` of ``state`` (the tasks before are already in)."""
+        self._clip_orders = {}
         n = state.task_count
         weak, strong = state.weak[n0:], state.strong[n0:]
         has_ref = ~np.isnan(weak)
+        w0, r0, g = reference_terms(weak, strong)
         self._has_ref = _appended(self._has_ref, n0, has_ref)
-        self._weak0 = _appended(self._weak0, n0, np.where(has_ref, weak, 0.0))
-        self._gap = _appended(self._gap, n0, np.where(has_ref, strong - weak, 0.0))
+        self._weak0 = _appended(self._weak0, n0, w0)
+        self._rest0 = _appended(self._rest0, n0, r0)
+        self._gap = _appended(self._gap, n0, g)
         no_ref = np.flatnonzero(~has_ref).astype(np.int64) + n0
         self._no_ref = _appended(self._no_ref, self._n_no_ref, no_ref)
         self._n_no_ref += len(no_ref)

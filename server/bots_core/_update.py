@@ -206,29 +206,33 @@ def apply_step(
         rate = np.clip(s / t - gap * move, 0.0, 1.0)
         s = np.where(gap != 0.0, rate * t, s)
     keep = 1.0 - lam
+    lazy = estimator is DEFAULT_ESTIMATOR and _lazy_due(state, keep)
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
+    alpha, beta = state.posterior_at(idx)
     with np.errstate(over="ignore"):  # an overflow is caught just below
-        new_alpha = keep * state.alpha[idx] + lam * state.alpha0[idx] + s
-        new_beta = keep * state.beta[idx] + lam * state.beta0[idx] + (t - s)
+        new_alpha = keep * alpha + lam * state.alpha0[idx] + s
+        new_beta = keep * beta + lam * state.beta0[idx] + (t - s)
     if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
         raise CorruptStateError(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
     state.runs[run] = run_state
-    _observe_offset(state, run_state, raw, gap)
+    _observe_offset(state, run_state, raw, gap, alpha / (alpha + beta))
 
     _record_quality(state, raw)
     estimator.observe(state, raw)
     _observe_run(state, run_state, raw)
 
-    if estimator is DEFAULT_ESTIMATOR:
-        _decay_and_interpolate(state, lam, rho * n)
+    if lazy:
+        _fold_step(state, lam, rho * n)
     else:
-        _decay_and_estimate(state, estimator, lam, rho * n)
-
-    state.alpha[idx] = new_alpha
-    state.beta[idx] = new_beta
+        state.normalize()
+        if estimator is DEFAULT_ESTIMATOR:
+            _decay_and_interpolate(state, lam, rho * n)
+        else:
+            _decay_and_estimate(state, estimator, lam, rho * n)
+    state.store_at(idx, new_alpha, new_beta)
 
     state.steps_applied += 1
     result = _step_stats(raw, state.capability)
@@ -242,6 +246,55 @@ def apply_step(
 
 
 BLOCK = 1 << 15  # tasks per block of the fused update: a block's arrays stay in cache
+
+# Steps folded into ``state.lazy`` before the columns are written whole again,
+# and the smallest scale (product of 1 - lambda) allowed meanwhile. Both are
+# checked at the start of a step, from the pool's own history, so every
+# replica and every in-process engine writes the columns at the same steps.
+LAZY_STEPS = 64
+LAZY_MIN_SCALE = 1e-6
+
+
+def _lazy_due(state: PoolState, keep: float) -> bool:
+    """Whether this step can be folded into ``state.lazy`` (written whole first if due)."""
+    lz = state.lazy
+    if lz.steps >= LAZY_STEPS or lz.scale * keep < LAZY_MIN_SCALE:
+        state.normalize()
+    return keep >= LAZY_MIN_SCALE
+
+
+def _fold_step(state: PoolState, lam: float, w: float) -> None:
+    """Forgetting plus interpolation-based implicit evidence as four numbers: O(1).
+
+    The same step as :func:`_decay_and_interpolate`: alpha gets ``keep * alpha
+    + lam * alpha0 + w (w0 + mu~ g)`` and beta ``keep * beta + lam * beta0 +
+    w (r0 - mu~ g)``, both affine in the per-task constants, so only their
+    coefficients change (see ``Lazy``). When mu~ is outside [0, 1] the tasks
+    whose estimate clips are corrected one by one (``clip_candidates``).
+    Selected tasks are overwritten by the caller afterwards.
+    """
+    d = state.derived
+    keep = 1.0 - lam
+    cap = state.capability
+    lz = state.lazy
+    lz.scale *= keep
+    lz.prior = keep * lz.prior + lam
+    lz.weak *= keep
+    lz.gap *= keep
+    if w > 0.0 and not math.isnan(cap) and d.ref_count > 0:
+        lz.weak += w
+        lz.gap += w * cap
+        # Outside [0, 1] the interpolation clips for some tasks: the affine part
+        # above gave them w (w0 + mu~ g); move them to w clip(...), O(those tasks).
+        cand = d.clip_candidates(cap)
+        if len(cand):
+            p = d.gap[cand] * cap
+            p += d.weak0[cand]
+            fix = (np.clip(p, 0.0, 1.0) - p) * w
+            state.stored_alpha[cand] += fix / lz.scale
+            state.stored_beta[cand] -= fix / lz.scale
+    lz.steps += 1
+    state.changed()
 
 
 def _decay_and_interpolate(state: PoolState, lam: float, w: float) -> None:
@@ -319,7 +372,9 @@ def _decay_and_estimate(
         state.beta -= p
 
 
-def _observe_offset(state: PoolState, run: RunState, evidence: Evidence, gap: FloatArray) -> None:
+def _observe_offset(
+    state: PoolState, run: RunState, evidence: Evidence, gap: FloatArray, mean: FloatArray
+) -> None:
     """Adds this batch to the run's offset sums: residuals against the posterior means.
 
     The model is y_k = m_k + gap_k * delta_r: a run delta_r (in reference
@@ -330,10 +385,8 @@ def _observe_offset(state: PoolState, run: RunState, evidence: Evidence, gap: Fl
     has = gap != 0.0
     if not has.any():
         return
-    idx = evidence.indices[has]
     g = gap[has]
-    mean = state.alpha[idx] / (state.alpha[idx] + state.beta[idx])
-    resid = evidence.successes[has] / evidence.trials[has] - mean
+    resid = evidence.successes[has] / evidence.trials[has] - mean[has]
     keep = state.config.momentum
     run.s_ge = keep * run.s_ge + float(np.dot(g, resid))
     run.s_gg = keep * run.s_gg + float(np.dot(g, g))

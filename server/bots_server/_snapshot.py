@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from bots_core import Diagnostics, InvalidInputError, PoolConfig, PoolState, RunState
+from bots_core import Diagnostics, InvalidInputError, Lazy, PoolConfig, PoolState, RunState
 
 from bots_server._columns import Columns
 from bots_server._model import ReportAck, SelectionState
@@ -81,9 +81,10 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "recent_etr": list(st.recent_etr),
             "diagnostics": st.diagnostics.to_json(),
             "runs": {r: s.to_json() for r, s in st.runs.items()},
+            "lazy": st.lazy.to_json(),
         },
-        st.alpha.copy(),
-        st.beta.copy(),
+        st.stored_alpha.copy(),
+        st.stored_beta.copy(),
         tasks,
         list(rt.open.values()),
         list(rt.closed.values()),
@@ -178,15 +179,15 @@ def _decode(
         tasks = Columns.decode(take(h["tasks"]))
     if tasks is None or len(tasks) < n:
         raise ValueError("the checkpoint's task table is missing")
-    if n and not (
-        np.all(np.isfinite(alpha) & (alpha > 0)) and np.all(np.isfinite(beta) & (beta > 0))
-    ):
-        raise CorruptImage("posteriors that are not finite and positive")
     keys = tasks.keys if len(tasks) == n else tasks.keys[:n]
     state = PoolState.from_columns(
         eng["name"], PoolConfig.from_dict(eng["config"]), keys, tasks.weak[:n],
         tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n], alpha, beta,
+        Lazy.from_json(eng.get("lazy")),
     )  # fmt: skip
+    a, b = state.alpha, state.beta
+    if n and not (np.all(np.isfinite(a) & (a > 0)) and np.all(np.isfinite(b) & (b > 0))):
+        raise CorruptImage("posteriors that are not finite and positive")
     cap = eng["capability"]
     state.capability = math.nan if cap is None else float(cap)
     state.steps_applied = int(eng["steps_applied"])

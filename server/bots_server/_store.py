@@ -92,7 +92,8 @@ class PoolDump:
         if len(index) != n:
             return None  # a key twice: the checked path says which
         h = self.header
-        state = PoolState.from_columns(h.name, h.config, list(keys), *cols, *priors)
+        (weak, strong), (prior_a, prior_b) = cols, priors
+        state = PoolState.from_columns(h.name, h.config, list(keys), weak, strong, prior_a, prior_b)
         state.index = index
         return state
 

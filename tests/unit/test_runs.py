@@ -49,7 +49,9 @@ def test_k_runs_forget_per_round_as_much_as_one_dedicated_run():
     apply_step(dedicated, ev([0], [4.0]), run="a")
     for run in ("a", "b", "c", "d"):  # the runs join (the first round counts fewer runs)
         apply_step(shared, ev([0], [4.0]), run=run)
-    dedicated.alpha[5] = shared.alpha[5] = 9.0
+    for st in (dedicated, shared):
+        _, beta = st.posterior_at(np.array([5]))
+        st.store_at(np.array([5]), np.array([9.0]), beta)
     for _ in range(3):  # rounds; task 5 is never evaluated
         apply_step(dedicated, ev([0], [4.0]), run="a")
         for run in ("a", "b", "c", "d"):
