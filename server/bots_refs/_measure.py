@@ -67,7 +67,9 @@ def reward_name(reward: str | RewardFn) -> str:
     """How a reward is recorded in the progress file's settings."""
     if isinstance(reward, str):
         return reward
-    return f"{getattr(reward, '__module__', '?')}:{getattr(reward, '__qualname__', repr(reward))}"
+    # A callable object has no __qualname__ of its own: its class names it.
+    name = getattr(reward, "__qualname__", None) or type(reward).__qualname__
+    return f"{getattr(reward, '__module__', '?')}:{name}"
 
 
 def encode_prompt(tokenizer: Any, task: RefTask, *, chat: bool) -> list[int]:
