@@ -139,6 +139,10 @@ class TransformersBackend:
         kwargs: dict[str, Any] = {}
         if dtype is not None:
             kwargs["dtype"] = getattr(torch, dtype)
+        # One bar on stderr is ours: transformers' loading bars would break the error line.
+        hf_logging = transformers.utils.logging
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             if has_weights(model):
                 net = transformers.AutoModelForCausalLM.from_pretrained(model, **kwargs)
@@ -148,6 +152,9 @@ class TransformersBackend:
                 net = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
         except (OSError, ValueError) as exc:
             raise RefsError(f"cannot load model {model!r}: {exc}") from None
+        finally:
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
         self._model = net.to(device).eval()
         self._device = device
         self._eos = _eos_ids(net.generation_config.eos_token_id, tokenizer.eos_token_id)
