@@ -17,7 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from bots_server._files import MAX_KEY_BYTES, TASK_COLUMNS, task_from_row
+# The format is chosen as `bots pool create` chooses it: one rule, in one place.
+from bots_server._files import MAX_KEY_BYTES, TASK_COLUMNS, _is_jsonl, task_from_row
 
 from bots_refs._errors import RefsError, TaskFileError, shorten
 
@@ -46,17 +47,6 @@ class RefTask:
 
 
 # --- reading -------------------------------------------------------------------
-
-
-def _is_jsonl(path: str, f: TextIO) -> bool:
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".jsonl", ".ndjson", ".json"):
-        return True
-    if ext == ".csv":
-        return False
-    head = f.read(4096)
-    f.seek(0)
-    return head.lstrip().startswith("{")
 
 
 def _rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -329,3 +329,19 @@ def test_the_docs_reward_example_works_as_a_reward(
     assert reward("5\n+5=10", answer=5) is True
     assert reward("55", answer=5) is False
     assert reward("", answer=5) is False
+
+
+def test_the_vllm_backend_measures_the_same_way(tmp_path: Path, model_dir: str) -> None:
+    pytest.importorskip(
+        "vllm", reason="vllm is not installed (it needs a GPU machine); "
+        "tests/unit/test_refs.py checks the backend against a stand-in",
+    )  # fmt: skip
+    tasks = write_tasks(tmp_path / "tasks.jsonl", count=6)
+    always = measure(
+        tasks, model=model_dir, reward=lambda c, **kw: 1.0, column="strong",
+        out=str(tmp_path / "always.jsonl"), backend="vllm", sampling=SAMPLING,
+    )  # fmt: skip
+    assert set(always.rates.values()) == {1.0}
+    once = run(tmp_path / "a.jsonl", model_dir, tasks, backend="vllm")
+    assert all((r * N).is_integer() for r in once.values())
+    assert run(tmp_path / "b.jsonl", model_dir, tasks, backend="vllm") == once

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import random
 import re
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import bots_refs
@@ -48,7 +51,6 @@ def test_all_is_sorted_and_importable() -> None:
 
 def test_importing_bots_refs_loads_no_model_framework() -> None:
     import subprocess
-    import sys
 
     code = (
         "import sys, bots_refs; print(sorted({'torch', 'transformers', 'vllm'} & set(sys.modules)))"
@@ -309,3 +311,98 @@ def test_progress_bar_shows_rate_and_eta() -> None:
     text = bar.render(now=bar._start + 50.0)
     assert text.endswith("25/100 tasks, 0.50 tasks/s, ETA 0:02:30")
     assert text.startswith("weak [#######-----")
+
+
+# --- the vLLM backend, against a stand-in for the vllm module -------------------------
+
+
+class _CharTokenizer:
+    """Characters as token ids (their code points); no special tokens, no chat template."""
+
+    chat_template = None
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(map(chr, ids))
+
+
+class _FakeVllm:
+    """What VllmBackend uses of vllm: LLM(model=...).generate(requests, params) and SamplingParams."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Any], list[Any]]] = []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kwargs: Any) -> None:
+                self.__dict__.update(kwargs)
+
+        class LLM:
+            def __init__(self, model: str, **kwargs: Any) -> None:
+                self.model = model
+
+            def generate(self, requests: list[Any], params: list[Any], use_tqdm: bool) -> list[Any]:
+                fake.calls.append((requests, params))
+                outputs = []
+                for p in params:  # completions: a digit drawn from the request's seed
+                    rng = random.Random(p.seed)
+                    texts = [[ord(str(rng.randrange(10)))] for _ in range(p.n)]
+                    outputs.append(
+                        SimpleNamespace(outputs=[SimpleNamespace(token_ids=t) for t in texts])
+                    )
+                return outputs
+
+        self.SamplingParams = SamplingParams
+        self.LLM = LLM
+
+
+def test_the_vllm_backend_sends_token_ids_n_and_a_seed_per_task_and_shares_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _FakeVllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)  # type: ignore[arg-type]
+    tasks = _write(
+        tmp_path,
+        "tasks.jsonl",
+        "".join(f'{{"key": "k{i}", "prompt": "q{i}", "answer": "01234"}}\n' for i in range(5)),
+    )
+
+    def digit_below_5(completion: str, answer: str, **_: Any) -> bool:
+        return completion in answer
+
+    def go(out: str) -> bots_refs.MeasureSummary:
+        return bots_refs.measure(
+            tasks, model="some/model", reward=digit_below_5, column="strong", out=out,
+            backend="vllm", tokenizer=_CharTokenizer(), batch_size=2,
+            sampling=bots_refs.Sampling(n=4, temperature=0.7, top_p=0.9, max_new_tokens=3, seed=5),
+        )  # fmt: skip
+
+    summary = go(str(tmp_path / "strong.jsonl"))
+    requests = [r for call in fake.calls for r in call[0]]
+    params = [p for call in fake.calls for p in call[1]]
+    assert [len(call[0]) for call in fake.calls] == [2, 2, 1]  # batches of 2 tasks
+    assert requests == [{"prompt_token_ids": [ord("q"), ord(str(i))]} for i in range(5)]
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens) for p in params] == [(4, 0.7, 0.9, 3)] * 5
+    assert [p.seed for p in params] == [derive_seed(5, f"k{i}") for i in range(5)]
+    for i in range(5):  # the rates are the shared scoring of what vLLM returned
+        rng = random.Random(derive_seed(5, f"k{i}"))
+        assert summary.rates[f"k{i}"] == sum(rng.randrange(10) < 5 for _ in range(4)) / 4
+    assert read_result_file(summary.out) == [(k, {"strong": r}) for k, r in summary.rates.items()]
+    fake.calls.clear()
+    again = go(str(tmp_path / "strong.jsonl"))  # the progress file has every task: no generation
+    assert (again.measured, again.resumed, fake.calls) == (0, 5, [])
+    assert again.rates == summary.rates
+
+
+def test_without_vllm_the_vllm_backend_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # an import of vllm now fails
+    tasks = _write(tmp_path, "tasks.jsonl", '{"key": "a", "prompt": "x"}\n')
+    with pytest.raises(RefsError, match=r"vllm is not installed .*bots-selector\[vllm\]"):
+        bots_refs.measure(
+            tasks, model="m", reward="exact_match", column="weak", backend="vllm",
+            tokenizer=_CharTokenizer(),
+        )  # fmt: skip
