@@ -87,13 +87,30 @@ def _module(name: str, extra: str = "refs") -> Any:
         ) from None
 
 
+def check_model(model: str) -> None:
+    """Refuses a model that is written as a local path but does not exist.
+
+    Anything else (``org/name``, ``name``) may be a hub name: transformers decides.
+    """
+    local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if local and not os.path.exists(os.path.expanduser(model)):
+        raise RefsError(f"no model directory {model!r}")
+
+
 def load_tokenizer(model: str) -> Any:
     """The model's Hugging Face tokenizer (from a local directory or a hub name)."""
+    check_model(model)
     transformers = _module("transformers")
     try:
         return transformers.AutoTokenizer.from_pretrained(model)
     except (OSError, ValueError) as exc:
-        raise RefsError(f"cannot load a tokenizer from {model!r}: {exc}") from None
+        raise RefsError(f"cannot load a tokenizer from {model!r}: {first_line(exc)}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (library errors can run to pages)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def has_weights(model: str) -> bool:
@@ -138,7 +155,9 @@ class TransformersBackend:
         transformers = _module("transformers")
         kwargs: dict[str, Any] = {}
         if dtype is not None:
-            kwargs["dtype"] = getattr(torch, dtype)
+            kwargs["dtype"] = getattr(torch, dtype, None)
+            if not isinstance(kwargs["dtype"], torch.dtype):
+                raise RefsError(f"unknown dtype {dtype!r}: use e.g. float32, bfloat16, float16")
         # One bar on stderr is ours: transformers' loading bars would break the error line.
         hf_logging = transformers.utils.logging
         bars_were_on = hf_logging.is_progress_bar_enabled()
@@ -151,11 +170,16 @@ class TransformersBackend:
                 torch.manual_seed(init_seed)
                 net = transformers.AutoModelForCausalLM.from_config(config, **kwargs)
         except (OSError, ValueError) as exc:
-            raise RefsError(f"cannot load model {model!r}: {exc}") from None
+            raise RefsError(f"cannot load model {model!r}: {first_line(exc)}") from None
         finally:
             if bars_were_on:
                 hf_logging.enable_progress_bar()
-        self._model = net.to(device).eval()
+        try:
+            self._model = net.to(device).eval()
+        except (RuntimeError, AssertionError) as exc:  # e.g. cuda on a machine without it
+            raise RefsError(
+                f"cannot put the model on device {device!r}: {first_line(exc)}"
+            ) from None
         self._device = device
         self._eos = _eos_ids(net.generation_config.eos_token_id, tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id

@@ -116,7 +116,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-new-tokens", type=_positive_int, default=256, help="longest completion (256)"
     )
-    p.add_argument("--backend", choices=BACKENDS, default="transformers", help="(transformers)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="transformers",
+        help="generation backend (transformers)",
+    )
     p.add_argument(
         "--batch-size",
         type=_positive_int,

@@ -147,6 +147,7 @@ def measure(
     if column not in REFERENCE_COLUMNS:
         raise RefsError(f"column must be {' or '.join(REFERENCE_COLUMNS)}, got {column!r}")
     sampling = sampling or Sampling()
+    model = os.path.expanduser(model)
     if isinstance(tasks, str):
         out = out or default_out(tasks, column)
         path, tasks = tasks, read_task_file(tasks)

@@ -32,6 +32,7 @@ from bots_refs import (
     read_task_file,
 )
 from bots_refs._bar import EtaProgress
+from bots_refs._measure import encode_prompt
 from bots_refs._progress_file import ProgressFile
 from bots_refs._rewards import score
 from bots_server._files import read_tasks
@@ -406,3 +407,38 @@ def test_without_vllm_the_vllm_backend_says_what_to_install(
             tasks, model="m", reward="exact_match", column="weak", backend="vllm",
             tokenizer=_CharTokenizer(),
         )  # fmt: skip
+
+
+# --- prompts -------------------------------------------------------------------------
+
+
+class _ChatTokenizer(_CharTokenizer):
+    chat_template = "{role}: {content}"
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, tokenize: bool
+    ) -> str:
+        assert add_generation_prompt and not tokenize
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+def test_chat_prompts_go_through_the_template_and_text_prompts_only_with_chat() -> None:
+    text = RefTask("t", "2+2=")
+    messages = RefTask(
+        "m", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    )
+    chat = _ChatTokenizer()
+    decode = chat.decode
+    assert decode(encode_prompt(chat, text, chat=False)) == "2+2="
+    assert decode(encode_prompt(chat, text, chat=True)) == "<user>2+2=<assistant>"
+    assert (
+        decode(encode_prompt(chat, messages, chat=False)) == "<system>be brief<user>hi<assistant>"
+    )
+    with pytest.raises(RefsError, match="task 'm': a chat prompt needs a chat template"):
+        encode_prompt(_CharTokenizer(), messages, chat=False)
+
+
+def test_a_model_written_as_a_missing_path_is_refused_before_any_download() -> None:
+    for model in ("./no-such-model", "/no/such/model", "a/b/c"):
+        with pytest.raises(RefsError, match=f"no model directory '{re.escape(model)}'"):
+            bots_refs.load_tokenizer(model)
