@@ -158,6 +158,24 @@ def test_same_seed_same_rates_whatever_the_batches_other_seed_other_rates(
     assert run(tmp_path / "c.jsonl", model_dir, tasks, sampling=seed_1) != reference
 
 
+def test_temperature_zero_is_greedy_and_a_tiny_top_p_keeps_only_the_likeliest_token(
+    tmp_path: Path, model_dir: str, reference: dict[str, float]
+) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl")
+    greedy = run(
+        tmp_path / "a.jsonl",
+        model_dir,
+        tasks,
+        sampling=Sampling(n=N, max_new_tokens=2, temperature=0.0),
+    )
+    assert set(greedy.values()) <= {0.0, 1.0}  # n identical rollouts per task
+    nucleus = run(
+        tmp_path / "b.jsonl", model_dir, tasks, sampling=Sampling(n=N, max_new_tokens=2, top_p=1e-6)
+    )
+    assert nucleus == greedy
+    assert greedy != reference
+
+
 def test_an_interrupted_run_resumes_and_counts_each_task_once(
     tmp_path: Path, model_dir: str, reference: dict[str, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
