@@ -549,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare selection methods on a simulated learner (see `bots simulate --help`)",
         add_help=False,
     )
+    from bots_refs._cli import add_parser as add_refs_parser  # torch etc. load only when measuring
+
+    add_refs_parser(sub)
     check = sub.add_parser("check", help="health check: exit 0 when the server is SERVING")
     _add_client_options(check, suppress=True)
     check.add_argument("--service", default="", help="service to check (default: the server)")
