@@ -43,8 +43,9 @@ class Diagnostics:
 
     def record_pairs(self, estimate: FloatArray, rate: FloatArray, trials: FloatArray) -> None:
         """Keeps (p~, observed pass rate, trials) for each evaluated task with references."""
-        for p, r, t in zip(estimate.tolist(), rate.tolist(), trials.tolist(), strict=True):
-            self.pairs.append((p, r, t))
+        if not len(estimate) == len(rate) == len(trials):
+            raise ValueError("estimate, rate and trials differ in length")
+        self.pairs.extend(zip(estimate.tolist(), rate.tolist(), trials.tolist()))
 
     # ------------------------------------------------------------ statistics
     @property

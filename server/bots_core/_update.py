@@ -34,7 +34,8 @@ class Evidence:
         n = len(self.indices)
         if len(self.successes) != n or len(self.trials) != n:
             raise InvalidInputError("evidence arrays differ in length")
-        if n and len(np.unique(self.indices)) != n:
+        idx = self.indices
+        if n > 1 and not bool(np.all(idx[1:] > idx[:-1])) and len(np.unique(idx)) != n:
             raise InvalidInputError("evidence holds a task twice; aggregate it first")
 
     @classmethod
@@ -119,14 +120,7 @@ class InterpolationEstimator:
     """
 
     def observe(self, state: PoolState, evidence: Evidence) -> None:
-        mu = batch_capability(state, evidence)
-        if mu is None:
-            return
-        if math.isnan(state.capability):
-            state.capability = mu
-        else:
-            g = state.config.momentum
-            state.capability = g * state.capability + (1.0 - g) * mu
+        _fold_capability(state, batch_capability(state, evidence))
 
     def estimate(self, state: PoolState) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None:
         d = state.derived
@@ -136,6 +130,17 @@ class InterpolationEstimator:
         p += d.weak0
         np.clip(p, 0.0, 1.0, out=p)
         return p, d.has_ref
+
+
+def _fold_capability(state: PoolState, mu: float | None) -> None:
+    """mu~ <- gamma mu~ + (1 - gamma) mu_t (mu_t itself at the first batch that has one)."""
+    if mu is None:
+        return
+    if math.isnan(state.capability):
+        state.capability = mu
+    else:
+        g = state.config.momentum
+        state.capability = g * state.capability + (1.0 - g) * mu
 
 
 def batch_capability(state: PoolState, evidence: Evidence) -> float | None:
@@ -221,8 +226,12 @@ def apply_step(
     _observe_offset(state, run_state, raw, gap, alpha / (alpha + beta))
 
     _record_quality(state, raw)
-    estimator.observe(state, raw)
-    _observe_run(state, run_state, raw)
+    mu = batch_capability(state, raw)  # once for the pool and the run
+    if estimator is DEFAULT_ESTIMATOR:
+        _fold_capability(state, mu)
+    else:
+        estimator.observe(state, raw)
+    _observe_run(state, run_state, mu)
 
     if lazy:
         _fold_step(state, lam, rho * n)
@@ -251,7 +260,7 @@ BLOCK = 1 << 15  # tasks per block of the fused update: a block's arrays stay in
 # and the smallest scale (product of 1 - lambda) allowed meanwhile. Both are
 # checked at the start of a step, from the pool's own history, so every
 # replica and every in-process engine writes the columns at the same steps.
-LAZY_STEPS = 64
+LAZY_STEPS = 128
 LAZY_MIN_SCALE = 1e-6
 
 
@@ -392,9 +401,8 @@ def _observe_offset(
     run.s_gg = keep * run.s_gg + float(np.dot(g, g))
 
 
-def _observe_run(state: PoolState, run: RunState, evidence: Evidence) -> None:
-    """mu_r: the same moving average as the pool's mu~, over the run's own batches."""
-    mu = batch_capability(state, evidence)
+def _observe_run(state: PoolState, run: RunState, mu: float | None) -> None:
+    """mu_r: the same moving average as the pool's mu~, over the run's own batches (mu = mu_t)."""
     if mu is None:
         return
     if math.isnan(run.capability):
@@ -432,8 +440,8 @@ def _step_stats(evidence: Evidence, capability: float) -> StepResult:
     below = s < t
     return StepResult(
         k,
-        float(np.mean(pos & below)),
-        float(np.mean(pos)),
-        float(np.mean(below)),
+        np.count_nonzero(pos & below) / k,
+        np.count_nonzero(pos) / k,
+        np.count_nonzero(below) / k,
         capability,
     )

@@ -272,22 +272,11 @@ class RedisStore(LogStore):
         h.ckpt_seq = int(reply[2])  # the pool's checkpoint as this append found it
         return int(reply[1])
 
-    def _interval(self, h: _Replica) -> int:
-        """Records between checkpoints: ``checkpoint_every``, more for big pools.
-
-        An image costs 16 bytes per task and a report record about 24 bytes per
-        evaluated task, so at 1M tasks an image every 256 records would write
-        ten times the log's own bytes; one per ``tasks / 2048`` records keeps
-        it near the log's size.
-        """
-        assert h.runtime is not None
-        return max(self.checkpoint_every, h.runtime.tasks.task_count // 2048)
-
     def _after_apply(self, h: PoolHandle) -> Callable[[], None] | None:
         # One writer per interval across replicas: the one that appended the
         # record that completes it (if its write fails, the next interval's).
         assert isinstance(h, _Replica) and h.runtime is not None
-        every = self._interval(h)
+        every = self.checkpoint_every
         gap = h.runtime.seq - h.ckpt_seq
         return self._checkpoint(h) if gap >= every and gap % every == 0 else None
 
@@ -295,7 +284,7 @@ class RedisStore(LogStore):
         # A replica that only reads writes one when no writer did for two intervals.
         assert isinstance(h, _Replica) and h.runtime is not None
         gap = h.runtime.seq - h.ckpt_seq
-        return self._checkpoint(h) if gap >= 2 * self._interval(h) else None
+        return self._checkpoint(h) if gap >= 2 * self.checkpoint_every else None
 
     def _checkpoint(self, h: _Replica) -> Callable[[], None]:
         assert h.runtime is not None and h.keys is not None
