@@ -324,6 +324,75 @@ def _warm_up() -> None:
         one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, one, one
     )
     betas(seed, one, one)
+    i = np.zeros(1, dtype=np.int64)
+    lin = np.array([1.0, 0.0, 0.0, 0.0])
+    out = np.empty(1), np.empty(1), np.empty(1)
+    step_batch(i, one[:1], one[:1], one, one, one, one, one, one, one, lin, 0.9, 0.1, *out)
+    store_batch(i, one[:1], one[:1], one.copy(), one.copy(), one, one, one, one, one, lin)
+
+
+@_jit
+def step_batch(
+    idx: npt.NDArray[np.int64],
+    s: npt.NDArray[np.float64],
+    t: npt.NDArray[np.float64],
+    stored_a: npt.NDArray[np.float64],
+    stored_b: npt.NDArray[np.float64],
+    a0: npt.NDArray[np.float64],
+    b0: npt.NDArray[np.float64],
+    w0: npt.NDArray[np.float64],
+    r0: npt.NDArray[np.float64],
+    g: npt.NDArray[np.float64],
+    lin: npt.NDArray[np.float64],
+    keep: float,
+    lam: float,
+    new_a: npt.NDArray[np.float64],
+    new_b: npt.NDArray[np.float64],
+    mean: npt.NDArray[np.float64],
+) -> bool:
+    """A step's batch rows: posteriors now (their mean), and after the step's explicit evidence.
+
+    Posteriors are computed from the stored columns and ``lin`` (``bots_core.Lazy``)
+    in the order of ``PoolState.posterior_at``; the new ones are ``keep * alpha
+    + lam * alpha0 + s`` and ``keep * beta + lam * beta0 + (t - s)``. Returns
+    False (and nothing is written anywhere) when a new posterior is not finite.
+    """
+    sc, pr, wk, gp = lin[0], lin[1], lin[2], lin[3]
+    ok = True
+    for j in range(len(idx)):
+        i = idx[j]
+        a = ((stored_a[i] * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
+        b = ((stored_b[i] * sc + b0[i] * pr) + r0[i] * wk) + g[i] * (-gp)
+        mean[j] = a / (a + b)
+        na = (keep * a + lam * a0[i]) + s[j]
+        nb = (keep * b + lam * b0[i]) + (t[j] - s[j])
+        new_a[j] = na
+        new_b[j] = nb
+        if not (math.isfinite(na) and math.isfinite(nb)):
+            ok = False
+    return ok
+
+
+@_jit
+def store_batch(
+    idx: npt.NDArray[np.int64],
+    new_a: npt.NDArray[np.float64],
+    new_b: npt.NDArray[np.float64],
+    stored_a: npt.NDArray[np.float64],
+    stored_b: npt.NDArray[np.float64],
+    a0: npt.NDArray[np.float64],
+    b0: npt.NDArray[np.float64],
+    w0: npt.NDArray[np.float64],
+    r0: npt.NDArray[np.float64],
+    g: npt.NDArray[np.float64],
+    lin: npt.NDArray[np.float64],
+) -> None:
+    """Writes posteriors of the rows ``idx`` relative to ``lin``, as ``PoolState.store_at`` does."""
+    sc, pr, wk, gp = lin[0], lin[1], lin[2], lin[3]
+    for j in range(len(idx)):
+        i = idx[j]
+        stored_a[i] = (new_a[j] - ((a0[i] * pr + w0[i] * wk) + g[i] * gp)) / sc
+        stored_b[i] = (new_b[j] - ((b0[i] * pr + r0[i] * wk) + g[i] * (-gp))) / sc
 
 
 _warm_up()

@@ -51,6 +51,10 @@ class Lazy:
     def identity(self) -> bool:
         return self.scale == 1.0 and self.prior == 0.0 and self.weak == 0.0 and self.gap == 0.0
 
+    def coefficients(self) -> FloatArray:
+        """(scale, prior, weak, gap) as the compiled kernels take them."""
+        return np.array([self.scale, self.prior, self.weak, self.gap])
+
     def to_json(self) -> list[float]:
         return [self.scale, self.prior, self.weak, self.gap, float(self.steps)]
 

@@ -214,16 +214,29 @@ def apply_step(
     lazy = estimator is DEFAULT_ESTIMATOR and _lazy_due(state, keep)
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
-    alpha, beta = state.posterior_at(idx)
-    with np.errstate(over="ignore"):  # an overflow is caught just below
-        new_alpha = keep * alpha + lam * state.alpha0[idx] + s
-        new_beta = keep * beta + lam * state.beta0[idx] + (t - s)
-    if not (np.all(np.isfinite(new_alpha)) and np.all(np.isfinite(new_beta))):
+    from bots_core._select import kernel  # compiled; bots_core._select imports this module
+
+    d, b = state.derived, len(idx)
+    rows = (
+        state.stored_alpha,
+        state.stored_beta,
+        state.alpha0,
+        state.beta0,
+        d.weak0,
+        d.rest0,
+        d.gap,
+    )
+    new_alpha, new_beta, mean = np.empty(b), np.empty(b), np.empty(b)
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    t = np.ascontiguousarray(t, dtype=np.float64)
+    if not kernel().step_batch(
+        idx, s, t, *rows, state.lazy.coefficients(), keep, lam, new_alpha, new_beta, mean
+    ):
         raise CorruptStateError(
             f"pool {shorten(state.name)}: this evidence would make a posterior non-finite"
         )
     state.runs[run] = run_state
-    _observe_offset(state, run_state, raw, gap, alpha / (alpha + beta))
+    _observe_offset(state, run_state, raw, gap, mean)
 
     _record_quality(state, raw)
     mu = batch_capability(state, raw)  # once for the pool and the run
@@ -241,7 +254,8 @@ def apply_step(
             _decay_and_interpolate(state, lam, rho * n)
         else:
             _decay_and_estimate(state, estimator, lam, rho * n)
-    state.store_at(idx, new_alpha, new_beta)
+    kernel().store_batch(idx, new_alpha, new_beta, *rows, state.lazy.coefficients())
+    state.changed()
 
     state.steps_applied += 1
     result = _step_stats(raw, state.capability)
