@@ -586,7 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", metavar="FILE", help="JSONL or CSV: key, weak, strong, prior_alpha, prior_beta"
     )
-    p.add_argument("--preset", default="bots", help="bots, explicit_only, implicit_only or uniform")
+    p.add_argument(
+        "--preset",
+        default="bots",
+        help="bots, explicit_only, implicit_only, uniform, similarity or bots+similarity",
+    )
     p.add_argument(
         "--config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
         help="config overrides, e.g. forgetting=0.2 mode=greedy",

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 from bots_api.v1 import selector_pb2 as pb
-from bots_core import PoolConfig, SelectionMode, TaskSpec, preset
+from bots_core import EstimatorKind, PoolConfig, SelectionMode, TaskSpec, preset
 
 from bots_server._errors import InvalidArgument, ResourceExhausted
 from bots_server._model import (
@@ -25,6 +25,12 @@ MODE_TO_PB = {
     SelectionMode.UNIFORM: pb.SELECTION_MODE_UNIFORM,
 }
 MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
+ESTIMATOR_TO_PB = {
+    EstimatorKind.INTERPOLATION: pb.ESTIMATOR_KIND_INTERPOLATION,
+    EstimatorKind.SIMILARITY: pb.ESTIMATOR_KIND_SIMILARITY,
+    EstimatorKind.BOTH: pb.ESTIMATOR_KIND_BOTH,
+}
+ESTIMATOR_FROM_PB = {v: k for k, v in ESTIMATOR_TO_PB.items()}
 
 # The config's numeric fields come from the contract itself: a new one needs the
 # .proto and the engine's PoolConfig, not a list here.
@@ -46,11 +52,19 @@ def config_from_pb(preset_name: str, msg: pb.PoolConfig) -> PoolConfig:
 
             raise InvalidInputError(f"unknown selection mode {msg.mode}")
         changes["mode"] = MODE_FROM_PB[msg.mode]
+    if msg.estimator != pb.ESTIMATOR_KIND_UNSPECIFIED:
+        if msg.estimator not in ESTIMATOR_FROM_PB:
+            from bots_core import InvalidInputError
+
+            raise InvalidInputError(f"unknown estimator {msg.estimator}")
+        changes["estimator"] = ESTIMATOR_FROM_PB[msg.estimator]
     return base.replace(**changes) if changes else base
 
 
 def config_to_pb(cfg: PoolConfig) -> pb.PoolConfig:
-    msg = pb.PoolConfig(mode=MODE_TO_PB[cfg.mode], seed=cfg.seed)
+    msg = pb.PoolConfig(
+        mode=MODE_TO_PB[cfg.mode], seed=cfg.seed, estimator=ESTIMATOR_TO_PB[cfg.estimator]
+    )
     for name in _FLOAT_FIELDS:
         setattr(msg, name, float(getattr(cfg, name)))
     return msg
