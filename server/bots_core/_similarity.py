@@ -14,6 +14,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from bots_core._config import EstimatorKind, PoolConfig
 from bots_core._errors import InvalidInputError
 from bots_core._neighbours import NeighbourGraph
 from bots_core._runs import sharing
@@ -268,3 +269,19 @@ def apply_weighted_step(
         b -= pw
         state.beta[out] = b
     return result
+
+
+def estimator_for(config: PoolConfig, graph: NeighbourGraph | None) -> AnyEstimator | None:
+    """The estimator a pool's config asks for; None means ``apply_step``'s default.
+
+    Raises:
+        InvalidInputError: similarity asked for, but the pool has no embeddings.
+    """
+    if config.estimator is EstimatorKind.INTERPOLATION:
+        return None
+    if graph is None:
+        raise InvalidInputError(
+            f"estimator {config.estimator.value!r} needs task embeddings (bots embed)"
+        )
+    sim = SimilarityEstimator(graph)
+    return sim if config.estimator is EstimatorKind.SIMILARITY else CombinedEstimator(sim)
