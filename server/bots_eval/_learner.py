@@ -80,7 +80,7 @@ class LearnerModel:
     skill_rate: float = 0.006
     task_rate: float = 0.5
     families: int = 0
-    family_spread: float = 0.3
+    family_spread: float = 0.1
     embedding_dim: int = 16
     embedding_noise: float = 0.5
     neighbours: int = 16
