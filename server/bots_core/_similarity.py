@@ -91,6 +91,7 @@ class SimilarityEstimator:
         self.origin = 0  # step the scale is relative to
         self.observed = False
         self.errors = _ErrorTracker()
+        self._conf: FloatArray | None = None  # buffer of confidence()
 
     # ------------------------------------------------------------- decay
     @staticmethod
@@ -144,12 +145,24 @@ class SimilarityEstimator:
     def confidence(
         self, state: PoolState, tasks: npt.NDArray[np.int64] | None = None
     ) -> FloatArray:
-        """m / (m + m0) of the given tasks (all graph tasks when None) at the pool's current step."""
+        """m / (m + m0) of the given tasks (all graph tasks when None) at the pool's current step.
+
+        Computed as T / (T + m0 / decay) on the scaled sums: two passes over
+        the pool. For all tasks the result lives in a buffer that the next
+        call overwrites.
+        """
         m0 = self.half_mass if self.half_mass is not None else state.config.pseudo_rollouts
-        t = self.sum_t if tasks is None else self.sum_t[tasks]
-        m = t * self.decay(state)
-        out = np.add(m, m0)
-        np.divide(m, out, out=out)
+        d = self.decay(state)
+        if tasks is not None:
+            t = self.sum_t[tasks]
+            return np.asarray(t * d / (t * d + m0), dtype=np.float64)
+        if d == 0.0:
+            return np.zeros(len(self.sum_t))
+        if self._conf is None:
+            self._conf = np.empty(len(self.sum_t))
+        out = self._conf
+        np.add(self.sum_t, m0 / d, out=out)
+        np.divide(self.sum_t, out, out=out)
         return out
 
     def estimate(self, state: PoolState) -> tuple[FloatArray, Weights] | None:
@@ -259,15 +272,14 @@ def apply_weighted_step(
     result = apply_step(state, evidence, estimator=capture, run=run)
     if capture.result is not None and w > 0.0:
         p, weight = capture.result
-        out = np.ones(state.task_count, dtype=bool)
-        out[evidence.indices] = False
-        wt = weight[out] * w
-        pw = p[out] * wt
-        state.alpha[out] += pw
-        b = state.beta[out]
-        b += wt
-        b -= pw
-        state.beta[out] = b
+        idx = evidence.indices
+        kept_a, kept_b = state.alpha[idx], state.beta[idx]  # the batch's new posteriors
+        wt = weight * w
+        pw = np.where(wt > 0.0, p * wt, 0.0)
+        state.alpha += pw
+        state.beta += wt
+        state.beta -= pw
+        state.alpha[idx], state.beta[idx] = kept_a, kept_b
     return result
 
 

@@ -79,7 +79,7 @@ def test_confidence_shrinks_with_distance_staleness_and_few_neighbours():
     state = make_pool(6)
     est = SimilarityEstimator(g)
     est.observe(state, ev([0, 1], [8, 8], [16, 16]))
-    fresh = est.confidence(state)
+    fresh = est.confidence(state).copy()
     assert fresh[2] > fresh[3]  # both see task 1 (and 2 sees 0 too) but 3 is far
     est2 = SimilarityEstimator(g)
     est2.observe(state, ev([0], [8], [16]))
