@@ -30,6 +30,7 @@ from bots_client import (
     TaskPosterior,
 )
 
+from bots_server._embed import add_embed_command
 from bots_server._files import (
     CliError,
     UsageError,
@@ -549,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare selection methods on a simulated learner (see `bots simulate --help`)",
         add_help=False,
     )
+    add_embed_command(sub)
     check = sub.add_parser("check", help="health check: exit 0 when the server is SERVING")
     _add_client_options(check, suppress=True)
     check.add_argument("--service", default="", help="service to check (default: the server)")
