@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['generic']:.2f} ms | {r['full']:.2f} ms | {r['full'] / a:.2f}x |",
               flush=True)  # fmt: skip
     if args.ann:
-        print("\n| N tasks | graph build (exact <= 50,000, else faiss HNSW) | recall@16 |")
+        print("\n| N tasks | graph build (exact <= 10,000, else faiss HNSW) | recall@16 |")
         print("|---:|---:|---:|")
         for n in sizes:
             g = bench_graph(n)
