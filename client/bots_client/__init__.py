@@ -19,6 +19,7 @@ from bots_client._errors import (
     UnavailableError,
 )
 from bots_client._types import (
+    EstimatorKind,
     Outcome,
     PoolConfig,
     PoolHeader,
@@ -38,6 +39,7 @@ __all__ = [
     "AuthError",
     "BotsError",
     "ConflictError",
+    "EstimatorKind",
     "InvalidRequestError",
     "NotFoundError",
     "Outcome",

@@ -18,6 +18,7 @@ from bots_api.v1 import selector_pb2 as pb
 
 from bots_client._errors import BotsError, InvalidRequestError
 from bots_client._types import (
+    EstimatorKind,
     Outcome,
     PoolConfig,
     PoolHeader,
@@ -92,6 +93,12 @@ _MODE_TO_PB = {
     SelectionMode.UNIFORM: pb.SELECTION_MODE_UNIFORM,
 }
 _MODE_FROM_PB = {int(v): k for k, v in _MODE_TO_PB.items()}
+_ESTIMATOR_TO_PB = {
+    EstimatorKind.INTERPOLATION: pb.ESTIMATOR_KIND_INTERPOLATION,
+    EstimatorKind.SIMILARITY: pb.ESTIMATOR_KIND_SIMILARITY,
+    EstimatorKind.BOTH: pb.ESTIMATOR_KIND_BOTH,
+}
+_ESTIMATOR_FROM_PB = {int(v): k for k, v in _ESTIMATOR_TO_PB.items()}
 
 _STATE_FROM_PB = {
     int(pb.SELECTION_STATE_UNSPECIFIED): SelectionState.UNSPECIFIED,
@@ -122,6 +129,8 @@ def config_to_pb(config: PoolConfig | None) -> pb.PoolConfig:
         msg.seed = int(config.seed)
     if config.mode is not None:
         msg.mode = _MODE_TO_PB[SelectionMode(config.mode)]
+    if config.estimator is not None:
+        msg.estimator = _ESTIMATOR_TO_PB[EstimatorKind(config.estimator)]
     return msg
 
 
@@ -135,6 +144,9 @@ def config_from_pb(msg: pb.PoolConfig) -> PoolConfig:
     mode = _MODE_FROM_PB.get(int(msg.mode))
     if mode is not None:
         values["mode"] = mode
+    estimator = _ESTIMATOR_FROM_PB.get(int(msg.estimator))
+    if estimator is not None:
+        values["estimator"] = estimator
     return PoolConfig(**values)
 
 

@@ -20,6 +20,14 @@ class SelectionMode(str, enum.Enum):
     UNIFORM = "uniform"
 
 
+class EstimatorKind(str, enum.Enum):
+    """Where implicit evidence comes from (docs/similarity.md)."""
+
+    INTERPOLATION = "interpolation"
+    SIMILARITY = "similarity"
+    BOTH = "both"
+
+
 class SelectionState(str, enum.Enum):
     """Where a selection stands after a report."""
 
@@ -53,6 +61,7 @@ class PoolConfig:
         selection_wait_seconds: Seconds an open selection waits for reports.
         min_reference_gap: Smallest |mean strong - mean weak| of a batch for
             which a new capability coefficient is computed.
+        estimator: Source of implicit evidence.
     """
 
     forgetting: float | None = None
@@ -65,6 +74,7 @@ class PoolConfig:
     seed: int | None = None
     selection_wait_seconds: float | None = None
     min_reference_gap: float | None = None
+    estimator: EstimatorKind | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The fields that are set, as JSON-ready values (mode as its lowercase name)."""
@@ -73,7 +83,7 @@ class PoolConfig:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            out[f.name] = value.value if isinstance(value, SelectionMode) else value
+            out[f.name] = value.value if isinstance(value, enum.Enum) else value
         return out
 
     @classmethod
@@ -103,6 +113,8 @@ class PoolConfig:
                 continue
             if name == "mode":
                 kwargs[name] = _parse_mode(raw)
+            elif name == "estimator":
+                kwargs[name] = _parse_estimator(raw)
             elif name == "seed":
                 kwargs[name] = _parse_int(name, raw)
             else:
@@ -120,6 +132,18 @@ def _parse_mode(raw: Any) -> SelectionMode:
                 return mode
     choices = ", ".join(m.value for m in SelectionMode)
     raise InvalidRequestError(f"config mode must be one of {choices}, got {raw!r}")
+
+
+def _parse_estimator(raw: Any) -> EstimatorKind:
+    if isinstance(raw, EstimatorKind):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip().lower().removeprefix("estimator_kind_")
+        for kind in EstimatorKind:
+            if kind.value == text:
+                return kind
+    choices = ", ".join(k.value for k in EstimatorKind)
+    raise InvalidRequestError(f"config estimator must be one of {choices}, got {raw!r}")
 
 
 def _parse_int(name: str, raw: Any) -> int:

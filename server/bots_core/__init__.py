@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bots_core._config import PRESETS, PoolConfig, SelectionMode, preset
+from bots_core._config import PRESETS, EstimatorKind, PoolConfig, SelectionMode, preset
 from bots_core._diagnostics import QUALITY_WINDOW, RATIO_WINDOW, Diagnostics
 from bots_core._errors import (
     BotsCoreError,
@@ -47,6 +47,7 @@ __all__ = [
     "BotsCoreError",
     "CorruptStateError",
     "Diagnostics",
+    "EstimatorKind",
     "Evidence",
     "ImplicitEstimator",
     "InterpolationEstimator",

@@ -10,6 +10,14 @@ from typing import Any
 from bots_core._errors import InvalidInputError
 
 
+class EstimatorKind(str, enum.Enum):
+    """Where implicit evidence comes from (docs/algorithm.md §3, docs/similarity.md)."""
+
+    INTERPOLATION = "interpolation"
+    SIMILARITY = "similarity"
+    BOTH = "both"
+
+
 class SelectionMode(str, enum.Enum):
     """How a batch is chosen from the posteriors (docs/algorithm.md §4)."""
 
@@ -36,6 +44,8 @@ class PoolConfig:
         selection_wait_seconds: How long an open selection waits for reports.
         min_reference_gap: Smallest |mean strong - mean weak| over a batch for
             which a new capability coefficient is computed.
+        estimator: Source of implicit evidence: the reference interpolation,
+            similarity to evaluated tasks (needs task embeddings), or both.
     """
 
     forgetting: float = 0.1
@@ -48,6 +58,7 @@ class PoolConfig:
     seed: int = 0
     selection_wait_seconds: float = 600.0
     min_reference_gap: float = 1e-3
+    estimator: EstimatorKind = EstimatorKind.INTERPOLATION
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -72,6 +83,10 @@ class PoolConfig:
         check("min_reference_gap", 0.0 <= self.min_reference_gap <= 1.0, "in [0, 1]")
         if not isinstance(self.mode, SelectionMode):
             raise InvalidInputError(f"config.mode must be a SelectionMode, got {self.mode!r}")
+        if not isinstance(self.estimator, EstimatorKind):
+            raise InvalidInputError(
+                f"config.estimator must be an EstimatorKind, got {self.estimator!r}"
+            )
 
     def replace(self, **changes: Any) -> PoolConfig:
         """Returns a copy with some fields changed (validated again)."""
@@ -81,6 +96,7 @@ class PoolConfig:
         """A JSON-ready dict (mode as its string value)."""
         out = dataclasses.asdict(self)
         out["mode"] = self.mode.value
+        out["estimator"] = self.estimator.value
         return out
 
     @classmethod
@@ -96,6 +112,11 @@ class PoolConfig:
                 values["mode"] = SelectionMode(values["mode"])
             except ValueError:
                 raise InvalidInputError(f"unknown selection mode {values['mode']!r}") from None
+        if "estimator" in values:
+            try:
+                values["estimator"] = EstimatorKind(values["estimator"])
+            except ValueError:
+                raise InvalidInputError(f"unknown estimator {values['estimator']!r}") from None
         return cls(**values)
 
 
@@ -108,6 +129,10 @@ PRESETS: dict[str, PoolConfig] = {
     "implicit_only": PoolConfig(forgetting=1.0, implicit_weight=1.0, mode=SelectionMode.GREEDY),
     # The Random baseline (posteriors are still tracked, for statistics).
     "uniform": PoolConfig(mode=SelectionMode.UNIFORM),
+    # Implicit evidence from similar tasks' outcomes: no reference models needed.
+    "similarity": PoolConfig(estimator=EstimatorKind.SIMILARITY),
+    # Both estimators, averaged by their confidences.
+    "bots+similarity": PoolConfig(estimator=EstimatorKind.BOTH),
 }
 
 

@@ -16,6 +16,8 @@ from bots_core._runs import RunState, run_offset, sharing
 from bots_core._state import FloatArray, PoolState
 
 IntArray = npt.NDArray[np.int64]
+# What an estimator's second array may be: a mask, or weights in [0, 1].
+Weights = npt.NDArray[np.bool_] | npt.NDArray[np.float64]
 
 # Most trials one outcome (and one task in one step) may carry. Far beyond any
 # real rollout count, and small enough that no sum of evidence can overflow.
@@ -103,13 +105,15 @@ class ImplicitEstimator(Protocol):
     """Plug-in that estimates success probabilities of tasks not evaluated.
 
     ``observe`` sees each step's explicit evidence before the update;
-    ``estimate`` returns (p~, weight mask) for every task, or None when it has
-    nothing to say yet. Tasks whose mask is False get no implicit evidence.
+    ``estimate`` returns (p~, weight) for every task, or None when it has
+    nothing to say yet. The weight is a boolean mask (False: no implicit
+    evidence) or a float array in [0, 1] that scales each task's implicit
+    weight rho n (a confidence, e.g. the similarity plug-in's).
     """
 
     def observe(self, state: PoolState, evidence: Evidence) -> None: ...
 
-    def estimate(self, state: PoolState) -> tuple[FloatArray, npt.NDArray[np.bool_]] | None: ...
+    def estimate(self, state: PoolState) -> tuple[FloatArray, Weights] | None: ...
 
 
 class InterpolationEstimator:
@@ -388,11 +392,14 @@ def _decay_and_estimate(
         state.beta += lam * state.beta0
     est = estimator.estimate(state) if w > 0.0 else None
     if est is not None:
-        p, mask = est
-        p = np.where(mask, p * w, 0.0)
-        state.alpha += p
-        state.beta += np.where(mask, w, 0.0)
-        state.beta -= p
+        p, weight = est
+        # A boolean mask gives w or 0 exactly as before; float weights scale w.
+        # where(): a task without weight gets nothing, even if its p~ is NaN.
+        wt = np.asarray(weight, dtype=np.float64) * w
+        pw = np.where(wt > 0.0, p * wt, 0.0)
+        state.alpha += pw
+        state.beta += wt
+        state.beta -= pw
 
 
 def _observe_offset(

@@ -17,8 +17,17 @@ import numpy as np
 import numpy.typing as npt
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
-from bots_core import Evidence, PoolConfig, PoolState, SelectionMode, TaskSpec, apply_step
+from bots_core import (
+    EstimatorKind,
+    Evidence,
+    PoolConfig,
+    PoolState,
+    SelectionMode,
+    TaskSpec,
+    apply_step,
+)
 from bots_core import select_batch as engine_select
+from bots_core._similarity import estimator_for
 
 from bots_eval._learner import World
 
@@ -60,6 +69,9 @@ class PoolBackend(Protocol):
 class EngineBackend:
     """A :class:`bots_core.PoolState` driven in-process, as the server would drive it.
 
+    The pool's ``estimator`` setting chooses the implicit-evidence plug-in;
+    similarity uses the world's neighbour graph (docs/similarity.md).
+
     Args:
         name: Pool name.
         config: Pool config.
@@ -68,6 +80,7 @@ class EngineBackend:
 
     def __init__(self, name: str, config: PoolConfig, world: World) -> None:
         self.state = PoolState(name, config)
+        self.estimator = estimator_for(config, world.graph)
         specs = [
             TaskSpec(k, float(w), float(g))
             for k, w, g in zip(world.keys(), world.weak, world.strong, strict=True)
@@ -86,7 +99,11 @@ class EngineBackend:
     ) -> None:
         """See :class:`PoolBackend`."""
         order = np.argsort(indices, kind="stable")
-        apply_step(self.state, Evidence(indices[order], successes[order], trials[order]), run=run)
+        ev = Evidence(indices[order], successes[order], trials[order])
+        if self.estimator is None:
+            apply_step(self.state, ev, run=run)
+        else:
+            apply_step(self.state, ev, self.estimator, run=run)
 
     def report_standalone(
         self, indices: IntArray, successes: FloatArray, trials: FloatArray, run: str = ""
@@ -102,6 +119,11 @@ class EngineBackend:
         """Nothing to release."""
 
 
+_ESTIMATOR_TO_PB = {
+    EstimatorKind.INTERPOLATION: pb.ESTIMATOR_KIND_INTERPOLATION,
+    EstimatorKind.SIMILARITY: pb.ESTIMATOR_KIND_SIMILARITY,
+    EstimatorKind.BOTH: pb.ESTIMATOR_KIND_BOTH,
+}
 _MODE_TO_PB = {
     SelectionMode.THOMPSON: pb.SELECTION_MODE_THOMPSON,
     SelectionMode.GREEDY: pb.SELECTION_MODE_GREEDY,
@@ -123,6 +145,7 @@ def config_message(config: PoolConfig) -> pb.PoolConfig:
         seed=config.seed,
         selection_wait_seconds=config.selection_wait_seconds,
         min_reference_gap=config.min_reference_gap,
+        estimator=_ESTIMATOR_TO_PB[config.estimator],
     )
 
 

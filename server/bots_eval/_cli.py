@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="how much stronger (logits) the strong runs of the sharing sweep start (default 2)",
     )
     p.add_argument(
+        "--family-size",
+        type=int,
+        help="tasks per family in the world of the similarity sweep (default 16)",
+    )
+    p.add_argument(
         "--server",
         metavar="ADDR",
         help="select through the BOTS gRPC server at ADDR (host:port) instead of in-process",
@@ -100,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The simulation config the parsed arguments ask for."""
     values: dict[str, object] = dict(QUICK) if args.quick else {}
     for field in ("seeds", "steps", "tasks", "batch_size", "rollouts", "trainers", "server",
-                  "sharing_runs", "head_start"):  # fmt: skip
+                  "sharing_runs", "head_start", "family_size"):  # fmt: skip
         value = getattr(args, field)
         if value is not None:
             values[field] = value

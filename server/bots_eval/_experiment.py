@@ -6,6 +6,7 @@ import time
 
 from bots_core import PoolConfig
 
+from bots_eval._families import run_families, similarity_enabled, similarity_steps
 from bots_eval._learner import make_world
 from bots_eval._methods import LAMBDA, METHODS, RHO, Method, sweep_method
 from bots_eval._progress import Progress
@@ -47,7 +48,7 @@ def plan_variants(cfg: SimConfig) -> tuple[dict[str, Method], dict[str, list[tup
 
 
 def run_experiment(cfg: SimConfig, *, progress: bool | None = None) -> Experiment:
-    """Runs every variant for every seed, then the trainers and sharing experiments.
+    """Runs every variant for every seed, then the trainers, sharing and similarity experiments.
 
     Variants whose pool config equals an earlier one (e.g. ``rho=0.1`` and
     ``bots``) reuse its runs: runs are deterministic given the seed.
@@ -75,6 +76,8 @@ def run_experiment(cfg: SimConfig, *, progress: bool | None = None) -> Experimen
     total = len(todo) * cfg.seeds + arms * len(trainer_methods) * cfg.seeds * cfg.trainers
     sharing = sharing_enabled(cfg)
     extra = sharing_steps(cfg) * cfg.seeds if sharing else 0
+    families = similarity_enabled(cfg)
+    extra += similarity_steps(cfg) * cfg.seeds if families else 0
     bar = Progress("simulating", total * cfg.steps + extra, enabled=progress)
     with backend_factory(cfg.server) as make_backend:
         for seed in range(cfg.seeds):
@@ -93,6 +96,9 @@ def run_experiment(cfg: SimConfig, *, progress: bool | None = None) -> Experimen
                     bar.update(cfg.steps * cfg.trainers)
             if sharing:
                 exp.sharing_runs.extend(run_sharing(world, cfg, seed, make_backend, bar))
+            if families:
+                for name, run in run_families(cfg, seed, make_backend, bar).items():
+                    exp.family_runs.setdefault(name, []).append(run)
     bar.close()
     for name, m in variants.items():
         exp.runs.setdefault(name, exp.runs[distinct[(m.config, m.offline)]])

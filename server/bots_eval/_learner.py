@@ -22,6 +22,11 @@ The model (documented in docs/simulation.md):
 * The weak and strong references are two other models of the same form with
   fixed abilities, their own skill offsets and quirks; their pass rates are
   measured from a finite number of samples, as a real dataset's would be.
+* With ``families`` > 0 the tasks come in related families (as variants of one
+  problem do): a family has one skill and a difficulty, and its tasks differ
+  from it by ``family_spread`` of the difficulty spread. Each task has an
+  embedding, its family's centroid plus noise, drawn without looking at any
+  difficulty (docs/similarity.md).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from bots_core._neighbours import NeighbourGraph, knn_graph
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -52,6 +58,13 @@ class LearnerModel:
         global_rate: eta_a, growth of a per unit of mean signal.
         skill_rate: eta_b, growth of a skill per unit of its share of signal.
         task_rate: eta_u, growth of u_k per unit of the task's own signal.
+        families: Task families F (0: independent tasks, no embeddings).
+        family_spread: Share of the difficulty spread left within a family
+            (in [0, 1]; the family difficulties take the rest).
+        embedding_dim: Dimension of the task embeddings.
+        embedding_noise: Spread of a task's embedding around its family's
+            centroid (the centroids have spread 1 per dimension).
+        neighbours: k of the embeddings' neighbour graph.
     """
 
     skills: int = 6
@@ -66,6 +79,11 @@ class LearnerModel:
     global_rate: float = 0.006
     skill_rate: float = 0.006
     task_rate: float = 0.5
+    families: int = 0
+    family_spread: float = 0.1
+    embedding_dim: int = 16
+    embedding_noise: float = 0.5
+    neighbours: int = 16
 
     def __post_init__(self) -> None:
         if self.skills < 1 or self.reference_samples < 1 or self.heldout_tasks < 1:
@@ -74,6 +92,10 @@ class LearnerModel:
                      "task_rate"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.families < 0 or not 0.0 <= self.family_spread <= 1.0:
+            raise ValueError("families must be >= 0 and family_spread in [0, 1]")
+        if self.embedding_dim < 1 or self.embedding_noise < 0 or self.neighbours < 1:
+            raise ValueError("embedding_dim and neighbours must be >= 1, embedding_noise >= 0")
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,9 @@ class World:
         heldout_difficulty: d of the held-out tasks.
         heldout_skill: c of the held-out tasks.
         heldout_quirk: The learner's quirks on the held-out tasks.
+        family: Family of each training task (None without families).
+        embedding: Task embeddings, shape (N, embedding_dim) (None without families).
+        graph: Their neighbour graph (None without families).
     """
 
     model: LearnerModel
@@ -103,6 +128,9 @@ class World:
     heldout_difficulty: FloatArray
     heldout_skill: IntArray
     heldout_quirk: FloatArray
+    family: IntArray | None = None
+    embedding: npt.NDArray[np.float32] | None = None
+    graph: NeighbourGraph | None = None
 
     @property
     def task_count(self) -> int:
@@ -146,12 +174,40 @@ def make_world(model: LearnerModel, n_tasks: int, seed: int) -> World:
         hits = rng.binomial(model.reference_samples, p)
         return np.asarray(hits / model.reference_samples, dtype=np.float64)
 
+    family: IntArray | None = None
+    embedding: npt.NDArray[np.float32] | None = None
+    graph: NeighbourGraph | None = None
+    if model.families > 0:
+        # Its own stream: the worlds without families stay what they were.
+        frng = np.random.default_rng([seed, 3])
+        f = model.families
+        within = model.difficulty_sd * np.sqrt(model.family_spread)
+        between = model.difficulty_sd * np.sqrt(1.0 - model.family_spread)
+        family = frng.integers(0, f, n_tasks).astype(np.int64)
+        difficulty = frng.normal(0.0, between, f)[family] + frng.normal(0.0, within, n_tasks)
+        skill = frng.integers(0, c, f).astype(np.int64)[family]
+        centroid = frng.normal(0.0, 1.0, (f, model.embedding_dim))
+        noise = frng.normal(0.0, model.embedding_noise, (n_tasks, model.embedding_dim))
+        embedding = (centroid[family] + noise).astype(np.float32)
+        graph = knn_graph(embedding, model.neighbours)
     weak = reference(model.weak_ability)
     strong = reference(model.strong_ability)
     h_difficulty, h_skill = tasks(model.heldout_tasks)
     h_quirk = rng.normal(0.0, model.quirk_sd, model.heldout_tasks)
     return World(
-        model, difficulty, skill, quirk, weak, strong, skill_offset, h_difficulty, h_skill, h_quirk
+        model,
+        difficulty,
+        skill,
+        quirk,
+        weak,
+        strong,
+        skill_offset,
+        h_difficulty,
+        h_skill,
+        h_quirk,
+        family,
+        embedding,
+        graph,
     )
 
 

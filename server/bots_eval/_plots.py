@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bots_eval._families import SIMILARITY_GOAL, summarize_families
 from bots_eval._methods import LAMBDA, RHO
 from bots_eval._metrics import FloatArray, curve_ci, rolling_mean
 from bots_eval._runner import ARMS, TRAINER_ARMS, Experiment
@@ -102,6 +104,8 @@ def write_plots(exp: Experiment, summaries: dict[str, VariantSummary], out: Path
         written.append(_plot_trainers(exp, out / "trainers.png"))
     if exp.sharing_runs:
         written.append(_plot_sharing(exp, out / "sharing.png"))
+    if exp.family_runs:
+        written.append(_plot_families(exp, out / "similarity.png"))
     return written
 
 
@@ -324,4 +328,32 @@ def _plot_sharing(exp: Experiment, path: Path) -> Path:
     ax.set_title("Selection cost, same-model runs", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def _plot_families(exp: Experiment, path: Path) -> Path:
+    """Accuracy curves of the similarity experiment and each method's TTB(100 %)."""
+    rows = summarize_families(exp)
+    fig, axes = _figure(2)
+    palette = ["#7f7f7f", "#9467bd", "#1f77b4", "#2ca02c", "#d62728"]
+    for row, color in zip(rows, palette, strict=False):
+        curves = np.stack([r.accuracy for r in exp.family_runs[row.method]])
+        _band(axes[0], curves, row.label, color, 1, 0)
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("held-out accuracy")
+    axes[0].set_title("Families world: held-out accuracy (mean, 95 % CI)")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    y = np.arange(len(rows))
+    means = [r.ttb.mean for r in rows]
+    errs = [0.0 if math.isnan(r.ttb.half_width) else r.ttb.half_width for r in rows]
+    axes[1].barh(y, means, xerr=errs, color=palette[: len(rows)])
+    axes[1].axvline(1.0, color="k", lw=0.8)
+    axes[1].axvline(SIMILARITY_GOAL, color="k", lw=0.8, ls="--", label="goal for similarity")
+    axes[1].set_yticks(y, [r.method for r in rows])
+    axes[1].invert_yaxis()
+    axes[1].set_xlabel("steps to uniform's final accuracy / uniform's steps")
+    axes[1].set_title("TTB(100 %) (< 1: faster than uniform)")
+    axes[1].legend(fontsize=8)
+    axes[1].grid(alpha=0.3, axis="x")
     return _save(fig, path)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bots_eval._families import family_model, summarize_families
 from bots_eval._methods import LAMBDA, RHO
 from bots_eval._metrics import Interval
 from bots_eval._runner import ARMS, Experiment
@@ -132,6 +133,7 @@ def render_markdown(
             ],
         )  # fmt: skip
     lines += _sharing_section(exp)
+    lines += _families_section(exp)
     if figures:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
@@ -161,6 +163,34 @@ def _sharing_section(exp: Experiment) -> list[str]:
             [r.scenario, str(r.runs), _ARM_TEXT[r.arm], r.group, r.target.format(3),
              r.steps_separate.format(1), r.steps_shared.format(1), r.ratio.format(3),
              r.final_gain.format(4), f"{r.select_ms.mean:.3f} / {r.select_ms_separate.mean:.3f}"]
+            for r in rows
+        ],
+    )  # fmt: skip
+    return lines
+
+
+def _families_section(exp: Experiment) -> list[str]:
+    rows = summarize_families(exp)
+    if not rows:
+        return []
+    c = exp.config
+    model = family_model(c)
+    lines = [
+        "",
+        "## Implicit evidence from task similarity (families world)",
+        "",
+        f"{c.tasks} tasks in {model.families} families (a family keeps "
+        f"{model.family_spread:.0%} of the difficulty variance within it); embeddings of "
+        f"dimension {model.embedding_dim} = family centroid + noise (sd "
+        f"{model.embedding_noise:g}), k = {model.neighbours} neighbours. TTB: steps to reach "
+        "uniform's final accuracy over uniform's steps, per seed (< 1: faster). vs BOTS: the "
+        "same steps over those of BOTS with references.",
+        "",
+    ]
+    lines += _table(
+        ["method", "TTB(100 %)", "steps vs BOTS (references)", "ETR all", "final accuracy"],
+        [
+            [r.label, r.ttb.format(3), r.vs_bots.format(3), r.etr.format(), r.final_accuracy.format()]
             for r in rows
         ],
     )  # fmt: skip
@@ -205,6 +235,7 @@ def render_json(
         "variants": _jsonable(summaries),
         "trainers": _jsonable(trainers),
         "sharing": _jsonable(summarize_sharing(exp)),
+        "families": _jsonable(summarize_families(exp)),
         "sweeps": {k: [[v, n] for v, n in pts] for k, pts in exp.sweeps.items()},
     }
     return json.dumps(data, indent=2, ensure_ascii=False)

@@ -29,7 +29,7 @@ from bots_eval._metrics import pearson, roc_auc, step_ratios
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
-SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers", "sharing", "sharing_ablation")
+SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers", "sharing", "sharing_ablation", "similarity")
 DEFAULT_SWEEPS: tuple[str, ...] = ("lambda", "rho", "trainers")
 BASELINE = "uniform"
 _SEPARATE_SEED_STRIDE = 1_000_003
@@ -130,6 +130,8 @@ class SimConfig:
             preset); its mixed-strength scenario uses the even ones.
         head_start: How much higher the global ability of the strong runs
             of the mixed scenario starts (logits).
+        family_size: Tasks per family in the similarity experiment's world
+            (when ``model`` has no families of its own).
         model: The simulated learner and tasks.
         server: Address of a BOTS server to select through; None = in-process.
     """
@@ -147,6 +149,7 @@ class SimConfig:
     trainer_methods: tuple[str, ...] = ("bots", "explicit_only")
     sharing_runs: tuple[int, ...] = (1, 2, 4, 8)
     head_start: float = 2.0
+    family_size: int = 16
     model: LearnerModel = field(default_factory=LearnerModel)
     server: str | None = None
 
@@ -155,6 +158,8 @@ class SimConfig:
             raise ValueError(f"batch size must be in [1, tasks={self.tasks}]")
         if self.rollouts < 1 or self.steps < 2 or self.seeds < 1 or self.trainers < 1:
             raise ValueError("rollouts, seeds and trainers must be >= 1 and steps >= 2")
+        if self.family_size < 1:
+            raise ValueError("family size must be >= 1")
         if not self.sharing_runs or min(self.sharing_runs) < 1:
             raise ValueError("sharing runs must be >= 1")
         unknown = sorted((set(self.methods) | set(self.trainer_methods)) - set(METHODS))
@@ -251,6 +256,8 @@ class Experiment:
         trainer_runs: Results of the shared-versus-separate experiment.
         sharing_runs: Results of the sharing experiment (separate pools as
             one-trainer groups).
+        family_runs: Results of the similarity experiment: method name to
+            its runs, one per seed in seed order.
         wall_seconds: Total wall time.
     """
 
@@ -260,6 +267,7 @@ class Experiment:
     sweeps: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     trainer_runs: list[TrainerGroupResult] = field(default_factory=list)
     sharing_runs: list[TrainerGroupResult] = field(default_factory=list)
+    family_runs: dict[str, list[RunResult]] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
 

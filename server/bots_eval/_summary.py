@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bots_eval._families import family_goals, summarize_families
 from bots_eval._methods import RHO
 from bots_eval._metrics import (
     Interval,
@@ -303,6 +304,7 @@ def findings(exp: Experiment) -> list[Finding]:
                 )
             )
     out += sharing_findings(summarize_sharing(exp))
+    out += [Finding(*goal) for goal in family_goals(summarize_families(exp))]
     return out
 
 

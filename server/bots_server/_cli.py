@@ -30,6 +30,7 @@ from bots_client import (
     TaskPosterior,
 )
 
+from bots_server._embed import add_embed_command
 from bots_server._files import (
     CliError,
     UsageError,
@@ -552,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bots_refs._cli import add_parser as add_refs_parser  # torch etc. load only when measuring
 
     add_refs_parser(sub)
+    add_embed_command(sub)
     check = sub.add_parser("check", help="health check: exit 0 when the server is SERVING")
     _add_client_options(check, suppress=True)
     check.add_argument("--service", default="", help="service to check (default: the server)")
@@ -589,7 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tasks", metavar="FILE", help="JSONL or CSV: key, weak, strong, prior_alpha, prior_beta"
     )
-    p.add_argument("--preset", default="bots", help="bots, explicit_only, implicit_only or uniform")
+    p.add_argument(
+        "--preset",
+        default="bots",
+        help="bots, explicit_only, implicit_only, uniform, similarity or bots+similarity",
+    )
     p.add_argument(
         "--config", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
         help="config overrides, e.g. forgetting=0.2 mode=greedy",

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 from bots_api.v1 import selector_pb2 as pb
-from bots_core import PoolConfig, SelectionMode, TaskSpec, preset
+from bots_core import EstimatorKind, PoolConfig, SelectionMode, TaskSpec, preset
 
-from bots_server._errors import InvalidArgument, ResourceExhausted
+from bots_server._errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from bots_server._model import (
     PoolHeaderView,
     PoolStats,
@@ -25,6 +25,12 @@ MODE_TO_PB = {
     SelectionMode.UNIFORM: pb.SELECTION_MODE_UNIFORM,
 }
 MODE_FROM_PB = {v: k for k, v in MODE_TO_PB.items()}
+ESTIMATOR_TO_PB = {
+    EstimatorKind.INTERPOLATION: pb.ESTIMATOR_KIND_INTERPOLATION,
+    EstimatorKind.SIMILARITY: pb.ESTIMATOR_KIND_SIMILARITY,
+    EstimatorKind.BOTH: pb.ESTIMATOR_KIND_BOTH,
+}
+ESTIMATOR_FROM_PB = {v: k for k, v in ESTIMATOR_TO_PB.items()}
 
 # The config's numeric fields come from the contract itself: a new one needs the
 # .proto and the engine's PoolConfig, not a list here.
@@ -46,11 +52,19 @@ def config_from_pb(preset_name: str, msg: pb.PoolConfig) -> PoolConfig:
 
             raise InvalidInputError(f"unknown selection mode {msg.mode}")
         changes["mode"] = MODE_FROM_PB[msg.mode]
+    if msg.estimator != pb.ESTIMATOR_KIND_UNSPECIFIED:
+        if msg.estimator not in ESTIMATOR_FROM_PB:
+            from bots_core import InvalidInputError
+
+            raise InvalidInputError(f"unknown estimator {msg.estimator}")
+        changes["estimator"] = ESTIMATOR_FROM_PB[msg.estimator]
     return base.replace(**changes) if changes else base
 
 
 def config_to_pb(cfg: PoolConfig) -> pb.PoolConfig:
-    msg = pb.PoolConfig(mode=MODE_TO_PB[cfg.mode], seed=cfg.seed)
+    msg = pb.PoolConfig(
+        mode=MODE_TO_PB[cfg.mode], seed=cfg.seed, estimator=ESTIMATOR_TO_PB[cfg.estimator]
+    )
     for name in _FLOAT_FIELDS:
         setattr(msg, name, float(getattr(cfg, name)))
     return msg
@@ -138,10 +152,26 @@ def header_to_pb(h: PoolHeaderView) -> pb.PoolHeader:
     )
 
 
+def served_config(config: PoolConfig) -> PoolConfig:
+    """``config`` if the service can run it.
+
+    Raises:
+        FailedPrecondition: an estimator other than the interpolation: it needs
+            task embeddings, which pools in the service do not carry yet.
+    """
+    if config.estimator is not EstimatorKind.INTERPOLATION:
+        raise FailedPrecondition(
+            f"estimator {config.estimator.value!r} needs task embeddings, which pools in the "
+            "service cannot carry yet; it runs in process (bots_core, bots simulate), "
+            "see docs/similarity.md"
+        )
+    return config
+
+
 def header_from_pb(h: pb.PoolHeader) -> PoolHeaderView:
     return PoolHeaderView(
         h.name,
-        config_from_pb("bots", h.config),
+        served_config(config_from_pb("bots", h.config)),
         h.task_count,
         h.steps_applied,
         h.capability,

@@ -281,10 +281,11 @@ class RedisStore(LogStore):
         return self._checkpoint(h) if gap >= every and gap % every == 0 else None
 
     def _after_read(self, h: PoolHandle) -> Callable[[], None] | None:
-        # A replica that only reads writes one when no writer did for two intervals.
+        # A read (which applied what was pending) writes one when an interval has
+        # passed without a checkpoint: a replica that only reads, or a lost write.
         assert isinstance(h, _Replica) and h.runtime is not None
         gap = h.runtime.seq - h.ckpt_seq
-        return self._checkpoint(h) if gap >= 2 * self.checkpoint_every else None
+        return self._checkpoint(h) if gap >= self.checkpoint_every else None
 
     def _checkpoint(self, h: _Replica) -> Callable[[], None]:
         assert h.runtime is not None and h.keys is not None

@@ -60,7 +60,7 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
 
     @_rpc
     def CreatePool(self, request: pb.CreatePoolRequest, context: Any) -> pb.CreatePoolResponse:
-        config = cv.config_from_pb(request.preset, request.config)
+        config = cv.served_config(cv.config_from_pb(request.preset, request.config))
         tasks = [cv.task_from_pb(t) for t in request.tasks]
         stats, created, added = self.store.create_pool(request.name, config, tasks)
         return pb.CreatePoolResponse(pool=cv.stats_to_pb(stats), created=created, tasks_added=added)

@@ -18,6 +18,7 @@ from bots_client import (
     AuthError,
     BotsError,
     ConflictError,
+    EstimatorKind,
     InvalidRequestError,
     NotFoundError,
     Outcome,
@@ -234,6 +235,7 @@ configs = st.builds(
     seed=st.none() | st.integers(0, 2**64 - 1),
     selection_wait_seconds=st.none() | positive,
     min_reference_gap=st.none() | unit,
+    estimator=st.none() | st.sampled_from(EstimatorKind),
 )
 tasks = st.builds(
     Task,

@@ -13,6 +13,7 @@ from bots_core import (
     PRESETS,
     BotsCoreError,
     CorruptStateError,
+    EstimatorKind,
     InvalidInputError,
     PoolConfig,
     PoolState,
@@ -103,7 +104,14 @@ def test_default_config_is_the_paper_setting() -> None:
 
 
 def test_presets_match_the_paper_variants() -> None:
-    assert sorted(PRESETS) == ["bots", "explicit_only", "implicit_only", "uniform"]
+    assert sorted(PRESETS) == [
+        "bots",
+        "bots+similarity",
+        "explicit_only",
+        "implicit_only",
+        "similarity",
+        "uniform",
+    ]
     bots = preset("bots")
     assert (bots.forgetting, bots.implicit_weight, bots.mode) == (0.1, 0.1, SelectionMode.THOMPSON)
     explicit = preset("explicit_only")
@@ -115,10 +123,15 @@ def test_presets_match_the_paper_variants() -> None:
     assert implicit.mode is SelectionMode.GREEDY
     assert preset("uniform").mode is SelectionMode.UNIFORM
     assert preset("") == bots
+    assert preset("similarity") == bots.replace(estimator=EstimatorKind.SIMILARITY)
+    assert preset("bots+similarity") == bots.replace(estimator=EstimatorKind.BOTH)
 
 
 def test_unknown_preset_is_rejected_with_known_names() -> None:
-    with pytest.raises(InvalidInputError, match="bots, explicit_only, implicit_only, uniform"):
+    with pytest.raises(
+        InvalidInputError,
+        match="bots, bots\\+similarity, explicit_only, implicit_only, similarity, uniform",
+    ):
         preset("bost")
 
 

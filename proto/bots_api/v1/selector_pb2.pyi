@@ -15,6 +15,13 @@ class SelectionMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_MODE_SOFTMAX: _ClassVar[SelectionMode]
     SELECTION_MODE_UNIFORM: _ClassVar[SelectionMode]
 
+class EstimatorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESTIMATOR_KIND_UNSPECIFIED: _ClassVar[EstimatorKind]
+    ESTIMATOR_KIND_INTERPOLATION: _ClassVar[EstimatorKind]
+    ESTIMATOR_KIND_SIMILARITY: _ClassVar[EstimatorKind]
+    ESTIMATOR_KIND_BOTH: _ClassVar[EstimatorKind]
+
 class SelectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SELECTION_STATE_UNSPECIFIED: _ClassVar[SelectionState]
@@ -26,13 +33,17 @@ SELECTION_MODE_THOMPSON: SelectionMode
 SELECTION_MODE_GREEDY: SelectionMode
 SELECTION_MODE_SOFTMAX: SelectionMode
 SELECTION_MODE_UNIFORM: SelectionMode
+ESTIMATOR_KIND_UNSPECIFIED: EstimatorKind
+ESTIMATOR_KIND_INTERPOLATION: EstimatorKind
+ESTIMATOR_KIND_SIMILARITY: EstimatorKind
+ESTIMATOR_KIND_BOTH: EstimatorKind
 SELECTION_STATE_UNSPECIFIED: SelectionState
 SELECTION_STATE_OPEN: SelectionState
 SELECTION_STATE_APPLIED: SelectionState
 SELECTION_STATE_DISCARDED: SelectionState
 
 class PoolConfig(_message.Message):
-    __slots__ = ("forgetting", "implicit_weight", "pseudo_rollouts", "target", "momentum", "mode", "temperature", "seed", "selection_wait_seconds", "min_reference_gap")
+    __slots__ = ("forgetting", "implicit_weight", "pseudo_rollouts", "target", "momentum", "mode", "temperature", "seed", "selection_wait_seconds", "min_reference_gap", "estimator")
     FORGETTING_FIELD_NUMBER: _ClassVar[int]
     IMPLICIT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PSEUDO_ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +54,7 @@ class PoolConfig(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SELECTION_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MIN_REFERENCE_GAP_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATOR_FIELD_NUMBER: _ClassVar[int]
     forgetting: float
     implicit_weight: float
     pseudo_rollouts: float
@@ -53,7 +65,8 @@ class PoolConfig(_message.Message):
     seed: int
     selection_wait_seconds: float
     min_reference_gap: float
-    def __init__(self, forgetting: _Optional[float] = ..., implicit_weight: _Optional[float] = ..., pseudo_rollouts: _Optional[float] = ..., target: _Optional[float] = ..., momentum: _Optional[float] = ..., mode: _Optional[_Union[SelectionMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., selection_wait_seconds: _Optional[float] = ..., min_reference_gap: _Optional[float] = ...) -> None: ...
+    estimator: EstimatorKind
+    def __init__(self, forgetting: _Optional[float] = ..., implicit_weight: _Optional[float] = ..., pseudo_rollouts: _Optional[float] = ..., target: _Optional[float] = ..., momentum: _Optional[float] = ..., mode: _Optional[_Union[SelectionMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., selection_wait_seconds: _Optional[float] = ..., min_reference_gap: _Optional[float] = ..., estimator: _Optional[_Union[EstimatorKind, str]] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("key", "weak", "strong", "prior_alpha", "prior_beta")

@@ -1,0 +1,249 @@
+"""Implicit evidence from task similarity: a plug-in for Eq. 1 that needs no reference models.
+
+p~ of a task is the kernel-weighted mean of the recent explicit pass rates
+of its nearest observed neighbours in an embedding space; its confidence in
+[0, 1] grows with the decayed, kernel-weighted mass of those observations and
+scales the task's implicit weight (docs/similarity.md). A step touches only
+the reverse neighbours of the evaluated tasks: O(B k).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from bots_core._config import EstimatorKind, PoolConfig
+from bots_core._errors import InvalidInputError
+from bots_core._neighbours import NeighbourGraph
+from bots_core._state import FloatArray, PoolState
+from bots_core._update import (
+    Evidence,
+    ImplicitEstimator,
+    InterpolationEstimator,
+)
+
+# Rescale the running sums once the step scale gamma^-(t - origin) passes e^RESCALE_AT.
+RESCALE_AT = 200.0
+# Floor of a tracked mean squared error (pass rates are in [0, 1]).
+MIN_MSE = 1e-4
+
+Weights = npt.NDArray[np.float64]
+
+
+class _ErrorTracker:
+    """Moving average (momentum gamma) of an estimator's squared error on evaluated tasks.
+
+    The binomial noise of each observed rate, r (1 - r) / (t - 1) (unbiased
+    for p (1 - p) / t), is subtracted, so the average estimates the error
+    against the true pass rates.
+    """
+
+    def __init__(self) -> None:
+        self.mse = math.nan
+
+    def record(self, p: FloatArray, weight: FloatArray, ev: Evidence, idx_mask: npt.NDArray[np.bool_], momentum: float) -> None:  # fmt: skip
+        w = weight[idx_mask]
+        if not len(w) or float(w.sum()) <= 0.0:
+            return
+        s, t = ev.successes[idx_mask], ev.trials[idx_mask]
+        r = s / t
+        noise = np.where(t > 1.0, r * (1.0 - r) / np.maximum(t - 1.0, 1.0), 0.0)
+        batch = float(np.average((p[idx_mask] - r) ** 2 - noise, weights=w))
+        batch = max(batch, MIN_MSE)
+        self.mse = batch if math.isnan(self.mse) else momentum * self.mse + (1 - momentum) * batch
+
+
+class SimilarityEstimator:
+    """p~_i = sum_j K_ij e_j s_j / sum_j K_ij e_j t_j over the neighbours j of task i.
+
+    s_j and t_j are task j's explicit successes and trials, e_j = gamma^(age)
+    decays each observation with the pool's momentum gamma, and K_ij is the
+    graph's kernel weight. The confidence of task i is m_i / (m_i + m0) with
+    m_i = sum_j K_ij e_j t_j (decayed, kernel-weighted neighbour trials) and
+    m0 = ``half_mass`` (default: the pool's pseudo-rollout count n), so
+    one fresh neighbour observation of n rollouts at kernel weight 1 gives
+    1/2. Only explicit outcomes enter: implicit pseudo-counts never feed back.
+
+    The sums are kept scaled by gamma^-(t - origin), so that a step adds to
+    the reverse neighbours of its evaluated tasks only (O(B k)) and decay
+    costs nothing; they are rescaled when the scale grows large.
+
+    Args:
+        graph: The pool's neighbour graph (tasks 0 .. graph.task_count - 1;
+            later tasks get no implicit evidence until the graph is rebuilt).
+        half_mass: m0 (> 0); None = the pool's ``pseudo_rollouts``.
+    """
+
+    def __init__(self, graph: NeighbourGraph, half_mass: float | None = None) -> None:
+        if half_mass is not None and not (math.isfinite(half_mass) and half_mass > 0):
+            raise InvalidInputError(f"half_mass must be > 0, got {half_mass}")
+        n = graph.task_count
+        self.graph = graph
+        self.half_mass = half_mass
+        self.sum_s: FloatArray = np.zeros(n)  # scaled kernel-weighted neighbour successes
+        self.sum_t: FloatArray = np.zeros(n)  # the same for trials
+        self.p: FloatArray = np.full(n, 0.5)  # maintained: sum_s / sum_t where sum_t > 0
+        self.origin = 0  # step the scale is relative to
+        self.observed = False
+        self.errors = _ErrorTracker()
+        self._conf: FloatArray | None = None  # buffer of confidence()
+
+    # ------------------------------------------------------------- decay
+    @staticmethod
+    def _log_keep(state: PoolState) -> float:
+        g = state.config.momentum
+        return math.log(g) if g > 0.0 else -math.inf
+
+    def _exponent(self, step: int, log_keep: float) -> float:
+        """-(step - origin) log gamma: the log of the scale at ``step``."""
+        return 0.0 if step == self.origin else -(step - self.origin) * log_keep
+
+    def decay(self, state: PoolState) -> float:
+        """gamma^(t - origin) at the pool's current step: scaled sums times this are decayed sums."""
+        return math.exp(-self._exponent(state.steps_applied, self._log_keep(state)))
+
+    # ---------------------------------------------------------- protocol
+    def observe(self, state: PoolState, evidence: Evidence) -> None:
+        """Adds the step's explicit outcomes to the neighbour sums of their reverse neighbours."""
+        n = self.graph.task_count
+        inside = evidence.indices < n
+        if not inside.any():
+            return
+        conf = self.confidence(state, evidence.indices[inside])
+        full = np.zeros(len(evidence.indices))
+        full[inside] = conf
+        p_full = np.zeros(len(evidence.indices))
+        p_full[inside] = self.p[evidence.indices[inside]]
+        self.errors.record(p_full, full, evidence, inside, state.config.momentum)
+
+        step = state.steps_applied
+        e = self._exponent(step, self._log_keep(state))
+        if e > RESCALE_AT:
+            f = math.exp(-e)  # 0 when gamma = 0: only this step counts
+            self.sum_s *= f
+            self.sum_t *= f
+            self.origin = step
+            e = 0.0
+        scale = math.exp(e)
+        idx = evidence.indices[inside]
+        owner, holder, w = self.graph.reverse(idx)
+        if not len(holder):
+            return
+        ws = w.astype(np.float64) * scale
+        np.add.at(self.sum_s, holder, ws * evidence.successes[inside][owner])
+        np.add.at(self.sum_t, holder, ws * evidence.trials[inside][owner])
+        touched = np.unique(holder)
+        t = self.sum_t[touched]
+        self.p[touched] = np.where(t > 0.0, self.sum_s[touched] / np.where(t > 0, t, 1.0), 0.5)
+        self.observed = True
+
+    def confidence(
+        self, state: PoolState, tasks: npt.NDArray[np.int64] | None = None
+    ) -> FloatArray:
+        """m / (m + m0) of the given tasks (all graph tasks when None) at the pool's current step.
+
+        Computed as T / (T + m0 / decay) on the scaled sums: two passes over
+        the pool. For all tasks the result lives in a buffer that the next
+        call overwrites.
+        """
+        m0 = self.half_mass if self.half_mass is not None else state.config.pseudo_rollouts
+        d = self.decay(state)
+        if tasks is not None:
+            t = self.sum_t[tasks]
+            return np.asarray(t * d / (t * d + m0), dtype=np.float64)
+        if d == 0.0:
+            return np.zeros(len(self.sum_t))
+        if self._conf is None:
+            self._conf = np.empty(len(self.sum_t))
+        out = self._conf
+        np.add(self.sum_t, m0 / d, out=out)
+        np.divide(self.sum_t, out, out=out)
+        return out
+
+    def estimate(self, state: PoolState) -> tuple[FloatArray, Weights] | None:
+        """(p~, confidence) for every task of the pool, or None before any observation.
+
+        The second array is a weight in [0, 1] that scales each task's
+        implicit weight rho n (the generic path of apply_step); tasks beyond the graph
+        get 0.
+        """
+        if not self.observed:
+            return None
+        conf = self.confidence(state)
+        n = state.task_count
+        if n == self.graph.task_count:
+            return self.p, conf
+        p = np.full(n, 0.5)
+        w = np.zeros(n)
+        m = min(n, self.graph.task_count)
+        p[:m], w[:m] = self.p[:m], conf[:m]
+        return p, w
+
+
+class CombinedEstimator:
+    """Similarity and interpolation together (preset ``bots+similarity``).
+
+    For a task with reference rates and neighbour observations, p~ is the
+    average of the two estimates weighted by confidence / mean squared
+    error, each error tracked on the evaluated tasks (noise-corrected, with
+    the pool's momentum); its weight is 1, as with the interpolation alone.
+    A task without reference rates gets the similarity estimate at its
+    confidence. Before either estimator has a tracked error the two count
+    equally.
+    """
+
+    def __init__(self, similarity: SimilarityEstimator) -> None:
+        self.similarity = similarity
+        self.interpolation = InterpolationEstimator()
+        self.errors = _ErrorTracker()  # the interpolation's
+
+    def observe(self, state: PoolState, evidence: Evidence) -> None:
+        """Tracks the interpolation's error, then lets both estimators observe."""
+        idx = evidence.indices
+        has = ~np.isnan(state.weak[idx]) if len(idx) else np.zeros(0, dtype=bool)
+        if not math.isnan(state.capability) and has.any():
+            w, g = state.weak[idx], state.strong[idx]
+            p = np.clip(np.where(has, w + state.capability * (g - w), 0.0), 0.0, 1.0)
+            self.errors.record(p, has.astype(np.float64), evidence, has, state.config.momentum)
+        self.interpolation.observe(state, evidence)
+        self.similarity.observe(state, evidence)
+
+    def estimate(self, state: PoolState) -> tuple[FloatArray, Weights] | None:
+        """See the class docstring."""
+        a = self.interpolation.estimate(state)
+        b = self.similarity.estimate(state)
+        if b is None:
+            if a is None:
+                return None
+            return a[0], a[1].astype(np.float64)
+        p_s, c_s = b
+        if a is None:
+            return p_s, c_s
+        p_i, has = a
+        mse_i, mse_s = self.errors.mse, self.similarity.errors.mse
+        ratio = 1.0 if math.isnan(mse_i) or math.isnan(mse_s) else mse_i / mse_s
+        # Weights of the two estimates: 1 / mse_i and c_s / mse_s, scaled by mse_i.
+        ws = c_s * ratio
+        p = np.where(has, (p_i + ws * p_s) / (1.0 + ws), p_s)
+        return p, np.where(has, 1.0, c_s)
+
+
+AnyEstimator = ImplicitEstimator | SimilarityEstimator | CombinedEstimator
+
+
+def estimator_for(config: PoolConfig, graph: NeighbourGraph | None) -> AnyEstimator | None:
+    """The estimator a pool's config asks for; None means ``apply_step``'s default.
+
+    Raises:
+        InvalidInputError: similarity asked for, but the pool has no embeddings.
+    """
+    if config.estimator is EstimatorKind.INTERPOLATION:
+        return None
+    if graph is None:
+        raise InvalidInputError(
+            f"estimator {config.estimator.value!r} needs task embeddings (bots embed)"
+        )
+    sim = SimilarityEstimator(graph)
+    return sim if config.estimator is EstimatorKind.SIMILARITY else CombinedEstimator(sim)
