@@ -29,8 +29,9 @@ from bots_server._records import FloatArray, OpenSelection
 from bots_server._records import decode as decode_record
 from bots_server._records import encode as encode_record
 
-_MAGIC = b"BOTSIMG1"
-_HEAD = struct.Struct("<IQ")  # crc32 of everything after it, JSON header length
+_MAGIC = b"BOTSIMG2"  # the JSON header zlib-compressed (request ids and digests are hex)
+_MAGIC_V1 = b"BOTSIMG1"  # images written before: the JSON header as it is
+_HEAD = struct.Struct("<IQ")  # crc32 of everything after it, (compressed) header length
 
 
 class CorruptImage(Exception):
@@ -124,7 +125,7 @@ def encode(image: Image) -> bytes:
         "selections": sels,
         "memos": memos,
     }
-    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    head = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), 1)
     payload = head + b"".join(body)
     return _MAGIC + _HEAD.pack(zlib.crc32(payload), len(head)) + payload
 
@@ -136,17 +137,19 @@ def decode(data: bytes, retention: Retention, tasks: Columns | None = None) -> P
         CorruptImage: a bad checksum, truncated or inconsistent bytes, or
             posteriors that are not finite and positive.
     """
-    if not data.startswith(_MAGIC):
+    compressed = data.startswith(_MAGIC)
+    if not (compressed or data.startswith(_MAGIC_V1)):
         raise CorruptImage("not a pool checkpoint (bad magic)")
     try:
         crc, hlen = _HEAD.unpack_from(data, len(_MAGIC))
         payload = memoryview(data)[len(_MAGIC) + _HEAD.size :]
         if zlib.crc32(payload) != crc:
             raise CorruptImage("checksum mismatch")
-        return _decode(bytes(payload[:hlen]), payload[hlen:], retention, tasks)
+        head = bytes(payload[:hlen])
+        return _decode(zlib.decompress(head) if compressed else head, payload[hlen:], retention, tasks)
     except CorruptImage:
         raise
-    except (ValueError, KeyError, TypeError, IndexError, struct.error, InvalidInputError) as exc:
+    except (zlib.error, ValueError, KeyError, TypeError, IndexError, struct.error, InvalidInputError) as exc:
         raise CorruptImage(f"truncated or inconsistent checkpoint: {exc}") from None
 
 
