@@ -12,6 +12,7 @@ from bots_core._errors import (
     UnknownTaskError,
     shorten,
 )
+from bots_core._keys import KeyIndex, KeyTable
 from bots_core._runs import ACTIVE_STEPS, RunState, run_offset, sharing
 from bots_core._select import (
     Selection,
@@ -52,6 +53,8 @@ __all__ = [
     "ImplicitEstimator",
     "InterpolationEstimator",
     "InvalidInputError",
+    "KeyIndex",
+    "KeyTable",
     "Lazy",
     "PoolConfig",
     "PoolState",

@@ -16,6 +16,7 @@ import numpy.typing as npt
 from bots_core._config import PoolConfig
 from bots_core._diagnostics import Diagnostics
 from bots_core._errors import InvalidInputError, TaskConflictError, shorten
+from bots_core._keys import KeyIndex, KeyTable
 from bots_core._runs import RunState
 
 FloatArray = npt.NDArray[np.float64]
@@ -138,8 +139,8 @@ class PoolState:
     def __init__(self, name: str, config: PoolConfig) -> None:
         self.name = name
         self.config = config
-        self.keys: list[str] = []
-        self._index: dict[str, int] | None = {}
+        self.keys = KeyTable()
+        self._index: KeyIndex | None = None
         # Column buffers with spare capacity: growing a pool costs what it adds
         # (amortised), not a copy of the table. The public arrays are views.
         self._cols: dict[str, FloatArray] = {c: np.zeros(0) for c in _COLUMNS}
@@ -302,14 +303,14 @@ class PoolState:
         self.changed()
 
     @property
-    def index(self) -> dict[str, int]:
+    def index(self) -> KeyIndex:
         """Task key -> dense index, built on first use (a replica that only draws never needs it)."""
         if self._index is None:
-            self._index = dict(zip(self.keys, range(len(self.keys))))
+            self._index = KeyIndex(self.keys)
         return self._index
 
     @index.setter
-    def index(self, value: dict[str, int]) -> None:
+    def index(self, value: KeyIndex) -> None:
         self._index = value
 
     # ----------------------------------------------------------------- tasks
@@ -337,10 +338,11 @@ class PoolState:
             TaskConflictError: a key already in the pool with other attributes.
         """
         fresh: dict[str, TaskSpec] = {}
-        for spec in specs:
+        where = self.index.lookup([s.key for s in specs]) if len(self.keys) else None
+        for j, spec in enumerate(specs):
             spec.validate()
-            i = self.index.get(spec.key)
-            if i is not None:
+            i = int(where[j]) if where is not None else -1
+            if i >= 0:
                 if not self.task_spec(i).same_as(spec):
                     raise TaskConflictError(
                         f"task {shorten(spec.key)} already exists in pool {shorten(self.name)} "
@@ -370,7 +372,7 @@ class PoolState:
 
     def extend_columns(
         self,
-        keys: Sequence[str],
+        keys: Sequence[str],  # a KeyTable is taken without decoding it
         weak: FloatArray,
         strong: FloatArray,
         prior_alpha: FloatArray,
@@ -381,9 +383,9 @@ class PoolState:
         This is the fast path for stores that rebuild a pool from columns they
         validated when the tasks were registered.
         """
-        n0, m = len(self.keys), len(keys)
+        n0 = len(self.keys)
         if self._index is not None:
-            self._index.update(zip(keys, range(n0, n0 + m)))
+            self._index.add(n0, keys)
         alpha, beta = prior_alpha, prior_beta
         lz = self.lazy
         if not lz.identity:
@@ -406,7 +408,7 @@ class PoolState:
         cls,
         name: str,
         config: PoolConfig,
-        keys: list[str],
+        keys: Sequence[str],
         weak: FloatArray,
         strong: FloatArray,
         prior_alpha: FloatArray,
@@ -424,7 +426,7 @@ class PoolState:
         """
         state = cls(name, config)
         n = len(keys)
-        state.keys = keys
+        state.keys = keys if isinstance(keys, KeyTable) else KeyTable.of(keys)
         state._index = None
         # The read-only columns are taken as they are (no copy: they are never
         # written in place, and growing reallocates); the posteriors get their own.
@@ -490,14 +492,14 @@ class PoolState:
             "lazy": self.lazy.to_json(),
         }
         hbytes = json.dumps(header, separators=(",", ":")).encode()
-        key_bytes = [k.encode("utf-8") for k in self.keys]
-        lengths = np.array([len(k) for k in key_bytes], dtype="<u4")
+        blob, key_lengths = self.keys.to_bytes()
+        lengths = key_lengths.astype("<u4")
         arrays = [
             self.stored_alpha, self.stored_beta, self.alpha0, self.beta0, self.weak, self.strong,
         ]  # fmt: skip
         parts = [_MAGIC, struct.pack("<Q", len(hbytes)), hbytes, lengths.tobytes()]
         parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays]
-        parts.append(b"".join(key_bytes))
+        parts.append(blob)
         return b"".join(parts)
 
     @classmethod
@@ -537,7 +539,7 @@ class PoolState:
             raise InvalidInputError("serialised pool is truncated or corrupt")
         alpha, beta, alpha0, beta0, weak, strong = arrays
         state = cls.from_columns(
-            state.name, state.config, split_keys(blob, lengths), weak, strong, alpha0, beta0,
+            state.name, state.config, KeyTable.from_bytes(blob, lengths), weak, strong, alpha0, beta0,
             alpha, beta, Lazy.from_json(header.get("lazy")),
         )  # fmt: skip
         cap = header["capability"]
@@ -634,6 +636,7 @@ class _Derived:
         self._n_no_ref = 0
         self.ref_count = 0
         self._prior: tuple[float, float] | None = None
+        self.min_prior = math.inf  # smallest alpha0 or beta0 of any task
         self._mixed_prior = False
         self._scratch = np.zeros(0)
         self._clip_orders: dict[bool, tuple[FloatArray, npt.NDArray[np.int64]]] = {}
@@ -724,6 +727,8 @@ class _Derived:
         self._n_no_ref += len(no_ref)
         self.ref_count += int(has_ref.sum())
         a0, b0 = state.alpha0[n0:], state.beta0[n0:]
+        if len(a0):
+            self.min_prior = min(self.min_prior, float(a0.min()), float(b0.min()))
         if len(a0) and not self._mixed_prior:
             if self._prior is None:
                 self._prior = (float(a0[0]), float(b0[0]))

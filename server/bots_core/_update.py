@@ -81,12 +81,10 @@ def aggregate(state: PoolState, outcomes: Iterable[tuple[str, float, float]]) ->
     if bad.any():
         j = int(np.argmax(bad))
         check_counts(keys[j], float(s[j]), float(t[j]))  # raises with the precise reason
-    lookup = state.index.get
-    idx_list = [lookup(k) for k in keys]
-    if None in idx_list:
-        key = keys[idx_list.index(None)]
+    idx = state.index.lookup(keys)
+    if len(idx) and int(idx.min()) < 0:
+        key = keys[int(np.argmax(idx < 0))]
         raise UnknownTaskError(f"task {shorten(key)} is not in pool {shorten(state.name)}")
-    idx = np.array(idx_list, dtype=np.int64)
     order = np.argsort(idx, kind="stable")
     idx, s, t = idx[order], s[order], t[order]
     if len(idx) < 2 or bool(np.all(idx[1:] != idx[:-1])):
@@ -250,7 +248,7 @@ def apply_step(
         estimator.observe(state, raw)
     _observe_run(state, run_state, mu)
 
-    if lazy:
+    if lazy and _fold_is_exact_enough(state, rho * n):
         _fold_step(state, lam, rho * n)
     else:
         state.normalize()
@@ -288,6 +286,23 @@ def _lazy_due(state: PoolState, keep: float) -> bool:
     if lz.steps >= LAZY_STEPS or lz.scale * keep < LAZY_MIN_SCALE:
         state.normalize()
     return keep >= LAZY_MIN_SCALE
+
+
+# Folding keeps every posterior to ~1e-16 of the pool-wide numbers W, G (about
+# w / lambda): fine for posteriors of that size or made mostly of positive
+# terms. Far outside [0, 1], mu~ makes G large while clipped estimates add
+# little, and tiny priors let a posterior sit far below W: such steps take the
+# whole-array path instead.
+LAZY_CAPABILITY = (-1.0, 2.0)
+LAZY_MIN_PRIOR = 1e-3
+
+
+def _fold_is_exact_enough(state: PoolState, w: float) -> bool:
+    cap, d = state.capability, state.derived
+    if d.min_prior < LAZY_MIN_PRIOR:
+        return False
+    implicit = w > 0.0 and not math.isnan(cap) and d.ref_count > 0
+    return not implicit or LAZY_CAPABILITY[0] <= cap <= LAZY_CAPABILITY[1]
 
 
 def _fold_step(state: PoolState, lam: float, w: float) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import InvalidInputError, split_keys
+from bots_core import InvalidInputError, KeyTable
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -20,11 +20,15 @@ _MAGIC = b"BTC1"
 class Columns:
     """Keys, reference rates (NaN = unknown) and priors of consecutive tasks."""
 
-    keys: list[str]
+    keys: KeyTable
     weak: FloatArray
     strong: FloatArray
     prior_alpha: FloatArray
     prior_beta: FloatArray
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, KeyTable):
+            self.keys = KeyTable.of(self.keys)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -32,7 +36,7 @@ class Columns:
     @classmethod
     def empty(cls) -> Columns:
         z = np.zeros(0)
-        return cls([], z, z.copy(), z.copy(), z.copy())
+        return cls(KeyTable(), z, z.copy(), z.copy(), z.copy())
 
     def slice(self, lo: int, hi: int) -> Columns:
         return Columns(
@@ -54,8 +58,8 @@ class Columns:
 
     def encode(self) -> bytes:
         """zlib-compressed: count, four float64 columns, key lengths, UTF-8 keys."""
-        raw_keys = [k.encode("utf-8") for k in self.keys]
-        lengths = np.array([len(k) for k in raw_keys], dtype="<u2")
+        blob, key_lengths = self.keys.to_bytes()
+        lengths = key_lengths.astype("<u2")
         body = b"".join(
             [
                 struct.pack("<I", len(self.keys)),
@@ -64,7 +68,7 @@ class Columns:
                     for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)
                 ),
                 lengths.tobytes(),
-                b"".join(raw_keys),
+                blob,
             ]
         )
         return _MAGIC + zlib.compress(body, 6)
@@ -84,7 +88,10 @@ class Columns:
         pos += 2 * n
         if int(lengths.sum(dtype=np.int64)) != len(body) - pos:
             raise InvalidInputError("corrupt task chunk")
-        keys = split_keys(body[pos:], lengths)
+        try:
+            keys = KeyTable.from_bytes(body[pos:], lengths)
+        except ValueError:
+            raise InvalidInputError("corrupt task chunk") from None
         return cls(keys, cols[0], cols[1], cols[2], cols[3])
 
     @classmethod
@@ -92,7 +99,7 @@ class Columns:
         """The columns of ``parts`` one after the other (one copy, not one per part)."""
         if not parts:
             return cls.empty()
-        keys: list[str] = []
+        keys = KeyTable()
         for part in parts:
             keys.extend(part.keys)
         return cls(
@@ -107,7 +114,7 @@ class Columns:
 def columns_of(specs: Sequence[object]) -> Columns:
     """Columns of TaskSpec-like objects (key, weak, strong, prior_alpha, prior_beta)."""
     return Columns(
-        [s.key for s in specs],  # type: ignore[attr-defined]
+        KeyTable.of(s.key for s in specs),  # type: ignore[attr-defined]
         np.array([s.weak for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
         np.array([s.strong for s in specs], dtype=np.float64),  # type: ignore[attr-defined]
         np.array([s.prior_alpha for s in specs], dtype=np.float64),  # type: ignore[attr-defined]

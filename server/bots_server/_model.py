@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +115,7 @@ class SelectionView:
     def of(
         cls,
         selection_id: str,
-        all_keys: list[str],
+        all_keys: Sequence[str],
         indices: npt.NDArray[np.int64],
         sampled: npt.NDArray[np.float64],
         means: npt.NDArray[np.float64],

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from bots_core import Diagnostics, InvalidInputError, Lazy, PoolConfig, PoolState, RunState
+from bots_core import (
+    Diagnostics,
+    InvalidInputError,
+    KeyTable,
+    Lazy,
+    PoolConfig,
+    PoolState,
+    RunState,
+)
 
 from bots_server._columns import Columns
 from bots_server._model import ReportAck, SelectionState
@@ -46,7 +54,7 @@ class Image:
     engine_fields: dict[str, Any]
     alpha: FloatArray
     beta: FloatArray
-    tasks: tuple[list[str], FloatArray, FloatArray, FloatArray, FloatArray, int] | None
+    tasks: tuple[KeyTable, FloatArray, FloatArray, FloatArray, FloatArray, int] | None
     open: list[Selection]
     closed: list[Selection]
     memos: list[tuple[str, RequestMemo]]
@@ -146,10 +154,20 @@ def decode(data: bytes, retention: Retention, tasks: Columns | None = None) -> P
         if zlib.crc32(payload) != crc:
             raise CorruptImage("checksum mismatch")
         head = bytes(payload[:hlen])
-        return _decode(zlib.decompress(head) if compressed else head, payload[hlen:], retention, tasks)
+        return _decode(
+            zlib.decompress(head) if compressed else head, payload[hlen:], retention, tasks
+        )
     except CorruptImage:
         raise
-    except (zlib.error, ValueError, KeyError, TypeError, IndexError, struct.error, InvalidInputError) as exc:
+    except (
+        zlib.error,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        struct.error,
+        InvalidInputError,
+    ) as exc:
         raise CorruptImage(f"truncated or inconsistent checkpoint: {exc}") from None
 
 

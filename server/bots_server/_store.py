@@ -88,13 +88,11 @@ class PoolDump:
         for p in priors:
             if not np.all((p > 0.0) & (p <= 1e9)):  # NaN and inf fail too
                 return None
-        index = dict(zip(keys, range(n)))
-        if len(index) != n:
-            return None  # a key twice: the checked path says which
         h = self.header
         (weak, strong), (prior_a, prior_b) = cols, priors
-        state = PoolState.from_columns(h.name, h.config, list(keys), weak, strong, prior_a, prior_b)
-        state.index = index
+        state = PoolState.from_columns(h.name, h.config, keys, weak, strong, prior_a, prior_b)
+        if state.index.duplicates():
+            return None  # a key twice: the checked path says which
         return state
 
     def _checked_state(self) -> PoolState:

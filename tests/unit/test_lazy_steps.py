@@ -157,3 +157,33 @@ def test_posteriors_of_a_pool_with_pending_steps_are_read_only():
     state.alpha = np.full(20, 2.0)  # replacing the whole column writes the steps in first
     assert state.lazy.identity
     np.testing.assert_array_equal(state.alpha, 2.0)
+
+
+def test_a_capability_far_outside_zero_one_takes_the_whole_array_path():
+    # Found by hypothesis: one batch with a reference gap of 1e-255 gives mu~ ~ 1e255.
+    # Folded, the clipped estimate of task 1 would cancel to alpha = 0; whole-array, it is 2.
+    cfg = PoolConfig(
+        forgetting=0.0, implicit_weight=1.0, pseudo_rollouts=1.0, momentum=0.0,
+        min_reference_gap=0.0,
+    )  # fmt: skip
+    state, eager = PoolState("p", cfg), PoolState("p", cfg)
+    for st in (state, eager):
+        st.extend_columns(
+            ["k0", "k1", "k2"], np.array([np.nan, 0.0, 0.0]), np.array([np.nan, 1.0, 1e-255]),
+            np.ones(3), np.ones(3),
+        )  # fmt: skip
+    apply_step(state, aggregate(state, [("k2", 1.0, 1.0)]))
+    apply_step(eager, aggregate(eager, [("k2", 1.0, 1.0)]), EagerEstimator())
+    assert state.capability > 1e250
+    np.testing.assert_array_equal(state.alpha, [1.0, 2.0, 2.0])
+    np.testing.assert_array_equal(state.alpha, eager.alpha)
+
+
+def test_tiny_priors_take_the_whole_array_path():
+    cfg = PoolConfig()
+    state = PoolState("p", cfg)
+    state.extend_columns(
+        ["a", "b"], np.array([0.1, 0.2]), np.array([0.6, 0.9]), np.full(2, 1e-9), np.ones(2)
+    )
+    apply_step(state, aggregate(state, [("a", 1.0, 2.0)]))
+    assert state.lazy.identity
