@@ -206,7 +206,9 @@ def bench_growth(sizes: list[int], add: int = 10_000) -> dict[str, float]:
 PROBE = """
 import os, sys, time, psutil
 sys.path[:0] = {paths!r}
+from bots_core._select import warm_up_kernel
 from bots_server._redis_store import RedisStore
+warm_up_kernel().join()  # as `bots serve` does when it starts, before any pool is loaded
 proc = psutil.Process()
 store = RedisStore({url!r})
 rss0 = proc.memory_info().rss

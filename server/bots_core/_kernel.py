@@ -221,7 +221,7 @@ def draw_chunk(
     a0: npt.NDArray[np.float64],
     b0: npt.NDArray[np.float64],
     w0: npt.NDArray[np.float64],
-    r0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
 ) -> tuple[int, float]:
     """Draws tasks ``lo:hi`` and keeps the ``k`` smallest keys (a max-heap in the outputs).
@@ -249,7 +249,7 @@ def draw_chunk(
         b = beta[i]
         if lazy:
             a = ((a * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
-            b = ((b * sc + b0[i] * pr) + r0[i] * wk) + g[i] * (-gp)
+            b = ((b * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
         if not (a > 0.0 and b > 0.0 and a < math.inf and b < math.inf):
             return -1, dropped
         p, st = _beta_draw(a, b, st)
@@ -316,19 +316,19 @@ def _warm_up() -> None:
     one = np.ones(2)
     seed = np.ones(4, dtype=np.uint64)
     key, pos, draw = np.empty(1), np.empty(1, dtype=np.int64), np.empty(1)
-    none = np.zeros(0)
+    none, yes, nob = np.zeros(0), np.ones(2, dtype=bool), np.zeros(0, dtype=bool)
     draw_chunk(
-        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, none, one, one, one, one, one
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, none, one, one, one, nob, one
     )
     draw_chunk(
-        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, one, one
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, yes, one
     )
     betas(seed, one, one)
     i = np.zeros(1, dtype=np.int64)
     lin = np.array([1.0, 0.0, 0.0, 0.0])
     out = np.empty(1), np.empty(1), np.empty(1)
-    step_batch(i, one[:1], one[:1], one, one, one, one, one, one, one, lin, 0.9, 0.1, *out)
-    store_batch(i, one[:1], one[:1], one.copy(), one.copy(), one, one, one, one, one, lin)
+    step_batch(i, one[:1], one[:1], one, one, one, one, one, yes, one, lin, 0.9, 0.1, *out)
+    store_batch(i, one[:1], one[:1], one.copy(), one.copy(), one, one, one, yes, one, lin)
 
 
 @_jit
@@ -341,7 +341,7 @@ def step_batch(
     a0: npt.NDArray[np.float64],
     b0: npt.NDArray[np.float64],
     w0: npt.NDArray[np.float64],
-    r0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
     lin: npt.NDArray[np.float64],
     keep: float,
@@ -362,7 +362,9 @@ def step_batch(
     for j in range(len(idx)):
         i = idx[j]
         a = ((stored_a[i] * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
-        b = ((stored_b[i] * sc + b0[i] * pr) + r0[i] * wk) + g[i] * (-gp)
+        b = ((stored_b[i] * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (
+            -gp
+        )
         mean[j] = a / (a + b)
         na = (keep * a + lam * a0[i]) + s[j]
         nb = (keep * b + lam * b0[i]) + (t[j] - s[j])
@@ -383,7 +385,7 @@ def store_batch(
     a0: npt.NDArray[np.float64],
     b0: npt.NDArray[np.float64],
     w0: npt.NDArray[np.float64],
-    r0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
     lin: npt.NDArray[np.float64],
 ) -> None:
@@ -392,7 +394,9 @@ def store_batch(
     for j in range(len(idx)):
         i = idx[j]
         stored_a[i] = (new_a[j] - ((a0[i] * pr + w0[i] * wk) + g[i] * gp)) / sc
-        stored_b[i] = (new_b[j] - ((b0[i] * pr + r0[i] * wk) + g[i] * (-gp))) / sc
+        stored_b[i] = (
+            new_b[j] - ((b0[i] * pr + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp))
+        ) / sc
 
 
 _warm_up()

@@ -57,6 +57,17 @@ class KeyTable(Sequence[str]):
         table._n = len(ends)
         return table
 
+    @classmethod
+    def concat(cls, tables: Sequence[KeyTable]) -> KeyTable:
+        """The keys of ``tables`` one after the other, in buffers of exactly their size."""
+        parts = [t.to_bytes() for t in tables]
+        table = cls()
+        table._buf = bytearray(b"".join(p[0] for p in parts))
+        lengths = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        table._ends = np.cumsum(lengths, dtype=np.int64)
+        table._n = len(lengths)
+        return table
+
     def extend(self, keys: Iterable[str]) -> None:
         """Appends keys: amortised O(what is added)."""
         if isinstance(keys, KeyTable):

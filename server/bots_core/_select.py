@@ -120,7 +120,9 @@ def select_batch(
     return Selection(idx, sampled, a / (a + b))
 
 
-LazyInputs = tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]
+LazyInputs = tuple[
+    FloatArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], FloatArray
+]
 
 
 def _lazy_inputs(state: PoolState) -> LazyInputs | None:
@@ -130,7 +132,7 @@ def _lazy_inputs(state: PoolState) -> LazyInputs | None:
         return None
     d = state.derived
     lin = np.array([lz.scale, lz.prior, lz.weak, lz.gap])
-    return lin, state.alpha0, state.beta0, d.weak0, d.rest0, d.gap
+    return lin, state.alpha0, state.beta0, d.weak0, d.has_ref, d.gap
 
 
 def _tau(state: PoolState) -> float | None:
@@ -225,7 +227,7 @@ def thompson_candidates(
 
 
 _NONE = np.zeros(0)
-_NO_LAZY: LazyInputs = (_NONE, _NONE, _NONE, _NONE, _NONE, _NONE)
+_NO_LAZY: LazyInputs = (_NONE, _NONE, _NONE, _NONE, np.zeros(0, dtype=bool), _NONE)
 
 
 def kernel() -> ModuleType:

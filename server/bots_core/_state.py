@@ -209,7 +209,7 @@ class PoolState:
         d = self.derived
         return (
             _combine(a, self.alpha0[idx], d.weak0[idx], d.gap[idx], lz, 1.0),
-            _combine(b, self.beta0[idx], d.rest0[idx], d.gap[idx], lz, -1.0),
+            _combine(b, self.beta0[idx], d.rest(idx), d.gap[idx], lz, -1.0),
         )
 
     def store_at(self, idx: npt.NDArray[np.int64], alpha: FloatArray, beta: FloatArray) -> None:
@@ -221,7 +221,7 @@ class PoolState:
         else:
             d = self.derived
             a0, b0, w0, r0, g = (
-                self.alpha0[idx], self.beta0[idx], d.weak0[idx], d.rest0[idx], d.gap[idx],
+                self.alpha0[idx], self.beta0[idx], d.weak0[idx], d.rest(idx), d.gap[idx],
             )  # fmt: skip
             self.stored_alpha[idx] = (alpha - _offset(a0, w0, g, lz, 1.0)) / lz.scale
             self.stored_beta[idx] = (beta - _offset(b0, r0, g, lz, -1.0)) / lz.scale
@@ -240,7 +240,7 @@ class PoolState:
             hi = min(lo + block, len(a))
             g = d.gap[lo:hi]
             a[lo:hi] = _combine(a[lo:hi], self.alpha0[lo:hi], d.weak0[lo:hi], g, lz, 1.0)
-            b[lo:hi] = _combine(b[lo:hi], self.beta0[lo:hi], d.rest0[lo:hi], g, lz, -1.0)
+            b[lo:hi] = _combine(b[lo:hi], self.beta0[lo:hi], d.rest(slice(lo, hi)), g, lz, -1.0)
         self.lazy = Lazy()
         self.changed()
 
@@ -250,7 +250,7 @@ class PoolState:
             return view[1], view[2]
         d, lz = self.derived, self.lazy
         a = _combine(self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0)
-        b = _combine(self.stored_beta, self.beta0, d.rest0, d.gap, lz, -1.0)
+        b = _combine(self.stored_beta, self.beta0, d.rest(slice(None)), d.gap, lz, -1.0)
         a.flags.writeable = False
         b.flags.writeable = False
         self._view = (self._version, a, b)
@@ -630,7 +630,6 @@ class _Derived:
         self._has_ref = np.zeros(0, dtype=bool)
         self._weak0 = np.zeros(0)
         self._gap = np.zeros(0)
-        self._rest0 = np.zeros(0)
         self._no_ref = np.zeros(0, dtype=np.int64)
         self._n = 0
         self._n_no_ref = 0
@@ -653,9 +652,9 @@ class _Derived:
     def gap(self) -> FloatArray:  # strong - weak with 0 where unknown
         return self._gap[: self._n]
 
-    @property
-    def rest0(self) -> FloatArray:  # 1 - weak with 0 where unknown
-        return self._rest0[: self._n]
+    def rest(self, sel: slice | npt.NDArray[np.int64]) -> FloatArray:
+        """1 - weak with 0 where unknown, for the tasks ``sel`` (computed, not stored)."""
+        return np.where(self.has_ref[sel], 1.0 - self.weak0[sel], 0.0)
 
     @property
     def no_ref(self) -> npt.NDArray[np.int64]:  # tasks without rates
@@ -689,7 +688,7 @@ class _Derived:
         if order is None:
             g = self.gap
             with np.errstate(divide="ignore", invalid="ignore"):
-                low_bound, high_bound = -self.weak0 / g, self.rest0 / g
+                low_bound, high_bound = -self.weak0 / g, self.rest(slice(None)) / g
             # Bounds, negated where the test is "bound > cap", so every test reads "key < c".
             pos, neg = np.flatnonzero(g > 0.0), np.flatnonzero(g < 0.0)
             if high:
@@ -717,10 +716,9 @@ class _Derived:
         n = state.task_count
         weak, strong = state.weak[n0:], state.strong[n0:]
         has_ref = ~np.isnan(weak)
-        w0, r0, g = reference_terms(weak, strong)
+        w0, _, g = reference_terms(weak, strong)
         self._has_ref = _appended(self._has_ref, n0, has_ref)
         self._weak0 = _appended(self._weak0, n0, w0)
-        self._rest0 = _appended(self._rest0, n0, r0)
         self._gap = _appended(self._gap, n0, g)
         no_ref = np.flatnonzero(~has_ref).astype(np.int64) + n0
         self._no_ref = _appended(self._no_ref, self._n_no_ref, no_ref)

@@ -225,7 +225,7 @@ def apply_step(
         state.alpha0,
         state.beta0,
         d.weak0,
-        d.rest0,
+        d.has_ref,
         d.gap,
     )
     new_alpha, new_beta, mean = np.empty(b), np.empty(b), np.empty(b)

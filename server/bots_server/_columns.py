@@ -99,9 +99,7 @@ class Columns:
         """The columns of ``parts`` one after the other (one copy, not one per part)."""
         if not parts:
             return cls.empty()
-        keys = KeyTable()
-        for part in parts:
-            keys.extend(part.keys)
+        keys = KeyTable.concat([part.keys for part in parts])
         return cls(
             keys,
             np.concatenate([c.weak for c in parts]),

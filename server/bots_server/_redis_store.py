@@ -18,6 +18,8 @@ on a Redis Cluster. See docs/redis.md.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import json
 import logging
@@ -80,6 +82,26 @@ class _Replica(PoolHandle):
         super().__init__(name, None)
         self.keys: rk.PoolKeys | None = None
         self.ckpt_seq = 0
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Hands memory the process freed back to the OS (glibc ``malloc_trim``; else nothing).
+
+    Loading a pool decodes replies about as big as its arrays; without this
+    the freed buffers stay in the process's resident set.
+    """
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim(0)
 
 
 def _entry(entry: Any) -> tuple[int, Record]:
@@ -232,11 +254,14 @@ class RedisStore(LogStore):
                     parts = list(ex.map(Columns.decode, blobs))
             else:
                 parts = [Columns.decode(b) for b in blobs]
-            return decode_image(image, self.retention, Columns.join(parts))
+            runtime = decode_image(image, self.retention, Columns.join(parts))
         except (CorruptImage, InvalidInputError, zlib.error) as exc:
             raise DataLoss(
                 f"pool {short(keys.pool)}: its checkpoint in Redis is damaged: {exc}"
             ) from exc
+        del image, blobs, parts
+        release_free_memory()  # the replies and chunks were as big as the pool's arrays
+        return runtime
 
     @_redis_errors
     def _append(self, h: PoolHandle, record: Record) -> int:

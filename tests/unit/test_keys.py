@@ -68,3 +68,11 @@ def test_keys_added_after_the_index_was_built_are_found_and_folded_in():
 def test_a_key_held_twice_is_reported():
     index = KeyIndex(KeyTable.of(["a", "b", "a", "c", "b"]))
     assert sorted(index.duplicates()) == ["a", "b"]
+
+
+def test_tables_join_into_one_of_exactly_their_size():
+    parts = [KeyTable.of(KEYS[:3]), KeyTable(), KeyTable.of(KEYS[3:])]
+    joined = KeyTable.concat(parts)
+    assert joined == KEYS
+    blob, lengths = joined.to_bytes()
+    assert joined.nbytes == len(blob) + 8 * len(lengths)
