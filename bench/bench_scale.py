@@ -18,6 +18,9 @@ with a baseline measured in the same run. Writes ``bench/out/scale.md`` and
   0.8M tasks (journal record included).
 * replica: a fresh process with a ``RedisStore`` serves its first SelectBatch
   of an N-task pool (checkpoint image + task chunks loaded); RSS per task.
+* gRPC: ``bots serve`` (embedded store) answers SelectBatch for the same kind
+  of pool, imported; its p50 is compared with Trinity-RFT's in-process select
+  of the same run.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_selector import OUT, B, make_rates, progress, timings
+from bench_selector import OUT, B, bench_grpc, make_rates, progress, timings
 from bots_core import PoolConfig, PoolState, TaskSpec, _kernel, aggregate, apply_step, select_batch
 from bots_core._select import CHUNK, _run_blocks, chunk_seeds, seed_sequence
 
@@ -264,6 +267,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--growth", default="200000,400000,800000")
     ap.add_argument("--replica-sizes", default="1000000")
+    ap.add_argument(
+        "--grpc-sizes", default="1000000", help="sizes also served by `bots serve` over gRPC"
+    )
     args = ap.parse_args()
     result: dict[str, object] = {"machine": f"{os.cpu_count()} CPUs, numpy {np.__version__}"}
     rows = {}
@@ -274,6 +280,8 @@ def main() -> int:
     result["growth"] = growth
     replicas = {int(n): bench_replica(int(n)) for n in args.replica_sizes.split(",") if n}
     result["replica"] = replicas
+    networked = {int(n): bench_grpc(int(n), args.reps) for n in args.grpc_sizes.split(",") if n}
+    result["grpc"] = networked
 
     lines = [
         "| N tasks | select: kernel | numpy chunked (replaced) | naive rng.beta | Trinity-RFT "
@@ -291,6 +299,20 @@ def main() -> int:
             f"| {r['update']:.1f} ms "
             f"| {r['create_s']:.2f} / {r['export_s']:.2f} / {r['import_s']:.2f} s |"
         )
+    if networked:
+        lines += [
+            "",
+            "| N tasks | SelectBatch over gRPC p50 / p99 (embedded store) | Trinity-RFT in process "
+            "| gRPC p50 / Trinity |",
+            "|---:|---:|---:|---:|",
+        ]
+        for n, g in networked.items():
+            trin_ms = rows.get(n, {}).get("trinity_select")
+            ratio = f"{g['grpc_select_p50'] / trin_ms:.2f}x" if trin_ms else "n/a"
+            lines.append(
+                f"| {n:,} | {g['grpc_select_p50']:.1f} / {g['grpc_select_p99']:.1f} ms "
+                f"| {f'{trin_ms:.1f} ms' if trin_ms else 'n/a'} | {ratio} |"
+            )
     if growth:
         lines += [
             "",
