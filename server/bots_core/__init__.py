@@ -22,7 +22,7 @@ from bots_core._select import (
     top_k,
     warm_up_kernel,
 )
-from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, Lazy, PoolState, TaskSpec, split_keys
+from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, Lazy, PoolState, TaskSpec
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
     MAX_TRIALS,
@@ -76,7 +76,6 @@ __all__ = [
     "select_batch",
     "sharing",
     "shorten",
-    "split_keys",
     "top_k",
     "warm_up_kernel",
 ]

@@ -389,7 +389,7 @@ def store_batch(
     g: npt.NDArray[np.float64],
     lin: npt.NDArray[np.float64],
 ) -> None:
-    """Writes posteriors of the rows ``idx`` relative to ``lin``, as ``PoolState.store_at`` does."""
+    """Writes posteriors of the rows ``idx`` relative to ``lin`` (``PoolState.store_at``)."""
     sc, pr, wk, gp = lin[0], lin[1], lin[2], lin[3]
     for j in range(len(idx)):
         i = idx[j]

@@ -130,9 +130,8 @@ def _lazy_inputs(state: PoolState) -> LazyInputs | None:
     lz = state.lazy
     if lz.identity:
         return None
-    d = state.derived
-    lin = np.array([lz.scale, lz.prior, lz.weak, lz.gap])
-    return lin, state.alpha0, state.beta0, d.weak0, d.has_ref, d.gap
+    _, _, a0, b0, w0, has_ref, g = state.kernel_rows()
+    return lz.coefficients(), a0, b0, w0, has_ref, g
 
 
 def _tau(state: PoolState) -> float | None:

@@ -214,18 +214,34 @@ class PoolState:
 
     def store_at(self, idx: npt.NDArray[np.int64], alpha: FloatArray, beta: FloatArray) -> None:
         """Sets the posteriors of the tasks ``idx`` (stored relative to :attr:`lazy`)."""
-        lz = self.lazy
-        if lz.identity:
-            self.stored_alpha[idx] = alpha
-            self.stored_beta[idx] = beta
-        else:
-            d = self.derived
-            a0, b0, w0, r0, g = (
-                self.alpha0[idx], self.beta0[idx], d.weak0[idx], d.rest(idx), d.gap[idx],
-            )  # fmt: skip
-            self.stored_alpha[idx] = (alpha - _offset(a0, w0, g, lz, 1.0)) / lz.scale
-            self.stored_beta[idx] = (beta - _offset(b0, r0, g, lz, -1.0)) / lz.scale
+        from bots_core._select import kernel  # compiled; imported on first use
+
+        kernel().store_batch(
+            np.ascontiguousarray(idx, dtype=np.int64),
+            np.ascontiguousarray(alpha, dtype=np.float64),
+            np.ascontiguousarray(beta, dtype=np.float64),
+            *self.kernel_rows(),
+            self.lazy.coefficients(),
+        )
         self.changed()
+
+    def kernel_rows(
+        self,
+    ) -> tuple[
+        FloatArray,
+        FloatArray,
+        FloatArray,
+        FloatArray,
+        FloatArray,
+        npt.NDArray[np.bool_],
+        FloatArray,
+    ]:
+        """The per-task columns the compiled step passes read, in their order."""
+        d = self.derived
+        return (
+            self.stored_alpha, self.stored_beta, self.alpha0, self.beta0,
+            d.weak0, d.has_ref, d.gap,
+        )  # fmt: skip
 
     def normalize(self) -> None:
         """Writes the pending steps into every task's columns (O(pool)); :attr:`lazy` is reset."""
@@ -608,19 +624,6 @@ def _appended(buf: npt.NDArray[Any], n: int, values: npt.NDArray[Any]) -> npt.ND
         buf = grown
     buf[n : n + m] = values
     return buf
-
-
-def split_keys(blob: bytes, lengths: npt.NDArray[Any]) -> list[str]:
-    """Keys of a concatenation of UTF-8 keys with the given byte lengths."""
-    if not len(lengths):
-        return []
-    if blob.isascii():
-        # One decode, then split at the ends: no slice per key of the bytes.
-        text = blob.decode("ascii")
-        ends = np.cumsum(lengths, dtype=np.int64).tolist()
-        return [text[s:e] for s, e in zip([0, *ends[:-1]], ends)]
-    ends = np.cumsum(lengths, dtype=np.int64).tolist()
-    return [blob[s:e].decode("utf-8") for s, e in zip([0, *ends[:-1]], ends)]
 
 
 class _Derived:

@@ -134,15 +134,18 @@ class InterpolationEstimator:
         return p, d.has_ref
 
 
-def _fold_capability(state: PoolState, mu: float | None) -> None:
-    """mu~ <- gamma mu~ + (1 - gamma) mu_t (mu_t itself at the first batch that has one)."""
+def _moving(previous: float, mu: float | None, momentum: float) -> float:
+    """gamma previous + (1 - gamma) mu_t; mu_t itself at the first batch, previous without one."""
     if mu is None:
-        return
-    if math.isnan(state.capability):
-        state.capability = mu
-    else:
-        g = state.config.momentum
-        state.capability = g * state.capability + (1.0 - g) * mu
+        return previous
+    if math.isnan(previous):
+        return mu
+    return momentum * previous + (1.0 - momentum) * mu
+
+
+def _fold_capability(state: PoolState, mu: float | None) -> None:
+    """The pool's mu~ after a batch whose mu_t is ``mu``."""
+    state.capability = _moving(state.capability, mu, state.config.momentum)
 
 
 def batch_capability(state: PoolState, evidence: Evidence) -> float | None:
@@ -218,16 +221,8 @@ def apply_step(
     # first, so that nothing is written when the result would not be finite.
     from bots_core._select import kernel  # compiled; bots_core._select imports this module
 
-    d, b = state.derived, len(idx)
-    rows = (
-        state.stored_alpha,
-        state.stored_beta,
-        state.alpha0,
-        state.beta0,
-        d.weak0,
-        d.has_ref,
-        d.gap,
-    )
+    b = len(idx)
+    rows = state.kernel_rows()
     new_alpha, new_beta, mean = np.empty(b), np.empty(b), np.empty(b)
     s = np.ascontiguousarray(s, dtype=np.float64)
     t = np.ascontiguousarray(t, dtype=np.float64)
@@ -256,8 +251,7 @@ def apply_step(
             _decay_and_interpolate(state, lam, rho * n)
         else:
             _decay_and_estimate(state, estimator, lam, rho * n)
-    kernel().store_batch(idx, new_alpha, new_beta, *rows, state.lazy.coefficients())
-    state.changed()
+    state.store_at(idx, new_alpha, new_beta)
 
     state.steps_applied += 1
     result = _step_stats(raw, state.capability)
@@ -439,13 +433,7 @@ def _observe_offset(
 
 def _observe_run(state: PoolState, run: RunState, mu: float | None) -> None:
     """mu_r: the same moving average as the pool's mu~, over the run's own batches (mu = mu_t)."""
-    if mu is None:
-        return
-    if math.isnan(run.capability):
-        run.capability = mu
-    else:
-        g = state.config.momentum
-        run.capability = g * run.capability + (1.0 - g) * mu
+    run.capability = _moving(run.capability, mu, state.config.momentum)
 
 
 def _record_quality(state: PoolState, evidence: Evidence) -> None:

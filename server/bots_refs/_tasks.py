@@ -15,10 +15,16 @@ import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 # The format is chosen as `bots pool create` chooses it: one rule, in one place.
-from bots_server._files import MAX_KEY_BYTES, TASK_COLUMNS, _is_jsonl, task_from_row
+from bots_server._files import (
+    MAX_KEY_BYTES,
+    TASK_COLUMNS,
+    FileFormatError,
+    read_rows,
+    task_from_row,
+)
 
 from bots_refs._errors import RefsError, TaskFileError, shorten
 
@@ -52,49 +58,14 @@ class RefTask:
 def _rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            yield from (_jsonl_rows(path, f) if _is_jsonl(path, f) else _csv_rows(path, f))
+            try:
+                yield from read_rows(path, f, allowed=None)  # prompts and reward fields too
+            except FileFormatError as exc:
+                raise TaskFileError(exc.path, exc.line, exc.message) from None
     except UnicodeDecodeError as exc:
         raise RefsError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise RefsError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def _jsonl_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, text in enumerate(f, 1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskFileError(
-                path, line, f"invalid JSON: {exc.msg} (column {exc.colno})"
-            ) from None
-        if not isinstance(obj, dict):
-            raise TaskFileError(path, line, f"expected a JSON object, got {type(obj).__name__}")
-        yield line, obj
-
-
-def _csv_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
-    reader = csv.reader(f)
-    try:
-        header = next(reader, None)
-        if header is None:
-            return
-        columns = [c.strip() for c in header]
-        if "key" not in columns:
-            raise TaskFileError(path, 1, "the header row has no 'key' column")
-        if len(set(columns)) != len(columns):
-            raise TaskFileError(path, 1, "the header row repeats a column")
-        end = reader.line_num
-        for row in reader:
-            line, end = end + 1, reader.line_num  # a quoted cell may span lines
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(columns):
-                raise TaskFileError(path, line, f"expected {len(columns)} fields, got {len(row)}")
-            yield line, {c: (v if v.strip() else None) for c, v in zip(columns, row, strict=True)}
-    except csv.Error as exc:
-        raise TaskFileError(path, reader.line_num, f"invalid CSV: {exc}") from None
 
 
 def _key(path: str, line: int, raw: Any) -> str:

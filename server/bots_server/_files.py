@@ -35,6 +35,7 @@ class FileFormatError(UsageError):
         super().__init__(f"{path}:{line}: {message}")
         self.path = path
         self.line = line
+        self.message = message
 
 
 # --- task files ----------------------------------------------------------------
@@ -54,7 +55,7 @@ def read_tasks(path: str) -> list[Task]:
     """
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = _jsonl_rows(path, f) if _is_jsonl(path, f) else _csv_rows(path, f)
+            rows = read_rows(path, f)
             tasks: list[Task] = []
             seen: dict[str, int] = {}
             for line, row in rows:
@@ -70,6 +71,20 @@ def read_tasks(path: str) -> list[Task]:
         raise UsageError(f"{path}: not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_rows(
+    path: str, f: TextIO, allowed: Sequence[str] | None = TASK_COLUMNS
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of a JSONL or CSV file, the format chosen as described above.
+
+    ``allowed`` are the CSV columns accepted (None: any); JSONL fields are
+    checked by whoever reads the records.
+
+    Raises:
+        FileFormatError: For a malformed line, with its file and line number.
+    """
+    return _jsonl_rows(path, f) if _is_jsonl(path, f) else _csv_rows(path, f, allowed)
 
 
 def _is_jsonl(path: str, f: TextIO) -> bool:
@@ -100,7 +115,9 @@ def _json_object(path: str, line: int, text: str) -> dict[str, Any]:
     return obj
 
 
-def _csv_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(
+    path: str, f: TextIO, allowed: Sequence[str] | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.reader(f)
     try:
         header = next(reader, None)
@@ -109,7 +126,8 @@ def _csv_rows(path: str, f: TextIO) -> Iterator[tuple[int, dict[str, Any]]]:
         columns = [c.strip() for c in header]
         if "key" not in columns:
             raise FileFormatError(path, 1, "the header row has no 'key' column")
-        _check_fields(path, 1, columns, TASK_COLUMNS)
+        if allowed is not None:
+            _check_fields(path, 1, columns, allowed)
         if len(set(columns)) != len(columns):
             raise FileFormatError(path, 1, "the header row repeats a column")
         end = reader.line_num
