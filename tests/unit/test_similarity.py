@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
-from bots_core import Evidence, PoolConfig, PoolState, apply_step
+from bots_core import Evidence, InvalidInputError, PoolConfig, PoolState, apply_step
 from bots_core._neighbours import NeighbourGraph, exact_neighbours, knn_graph, pca, quantize_int8
 from bots_core._similarity import CombinedEstimator, SimilarityEstimator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def make_pool(n: int, config: PoolConfig | None = None, refs: bool = False) -> PoolState:
@@ -69,6 +71,65 @@ def test_a_task_is_predicted_by_its_observed_neighbours_not_by_other_families():
     assert np.all((conf >= 0) & (conf <= 1))
 
 
+def test_an_evaluated_task_is_predicted_mostly_by_its_own_outcomes():
+    # Task 1 passed 2/16 itself; its neighbours 0 and 2 passed 16/16.
+    state = make_pool(7)
+    p_of = {}
+    for w in (0.0, 1.0, 8.0, 64.0):
+        est = SimilarityEstimator(line_graph(), self_weight=w)
+        est.observe(state, ev([0, 1, 2], [16, 2, 16], [16, 16, 16]))
+        p_of[w] = float(est.p[1])
+    assert p_of[0.0] == pytest.approx(1.0)  # neighbours only
+    # The estimate moves from the neighbours' rate to the task's own as its weight grows.
+    assert 1.0 > p_of[1.0] > p_of[8.0] > p_of[64.0] > 2 / 16
+    k = 2 * math.exp(-0.005)  # kernel weights of neighbours 0 and 2 (distance 0.1)
+    assert p_of[64.0] == pytest.approx((64 * 2 + k * 16) / (16 * (64 + k)))
+
+
+def test_a_task_without_neighbours_keeps_its_own_rate_at_growing_confidence():
+    state = make_pool(7)
+    est = SimilarityEstimator(line_graph())
+    est.observe(state, ev([6], [4], [16]))  # task 6 is far from everything
+    out = est.estimate(state)
+    assert out is not None
+    assert out[0][6] == pytest.approx(0.25)
+    assert out[1][6] > 0.9  # 16 own trials at weight 32 against m0 = 16
+    assert np.all(out[1][:6] < 1e-6)  # nobody is near task 6
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"memory": 1.0}, {"memory": -0.1}, {"self_weight": -1.0}, {"self_weight": math.inf}]
+)
+def test_settings_out_of_range_are_refused(kwargs):
+    with pytest.raises(InvalidInputError):
+        SimilarityEstimator(line_graph(), **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.0, 0.5, 0.9, 0.98]),
+    st.sampled_from([0.0, 1.0, 32.0, 1e6]),
+)
+def test_estimates_are_rates_and_confidences_stay_below_one(seed, memory, self_weight):
+    rng = np.random.default_rng(seed)
+    n = 40
+    g = knn_graph(rng.normal(size=(n, 2)).astype(np.float32), 5, exact=True)
+    state = make_pool(n)
+    est = SimilarityEstimator(g, memory=memory, self_weight=self_weight)
+    for step in range(int(rng.integers(1, 12))):
+        state.steps_applied = step
+        b = int(rng.integers(1, 10))
+        idx = np.sort(rng.choice(n, b, replace=False))
+        t = rng.integers(1, 33, b).astype(float)
+        est.observe(state, Evidence(idx, np.floor(rng.random(b) * (t + 1)), t))
+        out = est.estimate(state)
+        assert out is not None
+        p, c = out
+        assert np.all((p >= 0.0) & (p <= 1.0))
+        assert np.all((c >= 0.0) & (c < 1.0))
+
+
 def test_nothing_is_estimated_before_the_first_observation():
     assert SimilarityEstimator(line_graph()).estimate(make_pool(7)) is None
 
@@ -87,9 +148,9 @@ def test_confidence_shrinks_with_distance_staleness_and_few_neighbours():
     state.steps_applied += 5
     stale = est.confidence(state)
     assert stale[2] < fresh[2]
-    # m decays by gamma per step: conf = m / (m + m0).
+    # m decays by the estimator's memory per step: conf = m / (m + m0).
     m = fresh[2] * 16 / (1 - fresh[2])
-    m5 = m * 0.9**5
+    m5 = m * est.memory**5
     assert stale[2] == pytest.approx(m5 / (m5 + 16))
 
 
@@ -129,14 +190,14 @@ def test_implicit_evidence_never_feeds_the_estimate():
     np.testing.assert_array_equal(ests[0].sum_t, ests[1].sum_t)
 
 
-@pytest.mark.parametrize("momentum", [0.9, 0.0, 0.3])
-def test_incremental_sums_equal_a_recomputation_from_scratch(momentum):
+@pytest.mark.parametrize(("memory", "self_weight"), [(0.98, 32.0), (0.9, 0.0), (0.0, 1.0), (0.3, 4.0)])  # fmt: skip
+def test_incremental_sums_equal_a_recomputation_from_scratch(memory, self_weight):
     rng = np.random.default_rng(3)
     n, k = 120, 5
     x = rng.normal(size=(n, 3)).astype(np.float32)
     g = knn_graph(x, k, exact=True)
-    state = make_pool(n, PoolConfig(momentum=momentum))
-    est = SimilarityEstimator(g)
+    state = make_pool(n)
+    est = SimilarityEstimator(g, memory=memory, self_weight=self_weight)
     history = []
     # Enough steps with gamma = 0.3 to force several rescales of the sums.
     for step in range(500):
@@ -148,8 +209,10 @@ def test_incremental_sums_equal_a_recomputation_from_scratch(momentum):
     s, t = np.zeros(n), np.zeros(n)
     for step, e in history:
         age = len(history) - 1 - step
-        f = momentum**age if age else 1.0
+        f = memory**age if age else 1.0
         for j, sj, tj in zip(e.indices, e.successes, e.trials, strict=True):
+            s[j] += self_weight * f * sj  # the task itself
+            t[j] += self_weight * f * tj
             for i in range(n):
                 hit = np.flatnonzero(g.neighbours[i] == j)
                 if len(hit):
