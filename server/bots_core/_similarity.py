@@ -127,8 +127,8 @@ class SimilarityEstimator:
         self._conf: FloatArray | None = None  # buffer of confidence()
 
     # ------------------------------------------------------------- decay
-    def _log_keep(self) -> float:
-        g = self.memory
+    @staticmethod
+    def _log_keep(g: float) -> float:
         return math.log(g) if g > 0.0 else -math.inf
 
     def _exponent(self, step: int, log_keep: float) -> float:
@@ -137,7 +137,7 @@ class SimilarityEstimator:
 
     def decay(self, state: PoolState) -> float:
         """g^(t - origin) at the pool's current step: scaled sums times this are decayed sums."""
-        return math.exp(-self._exponent(state.steps_applied, self._log_keep()))
+        return math.exp(-self._exponent(state.steps_applied, self._log_keep(self.memory)))
 
     # ---------------------------------------------------------- protocol
     def observe(self, state: PoolState, evidence: Evidence) -> None:
@@ -154,7 +154,7 @@ class SimilarityEstimator:
         self.errors.record(p_full, full, evidence, inside, state.config.momentum)
 
         step = state.steps_applied
-        e = self._exponent(step, self._log_keep())
+        e = self._exponent(step, self._log_keep(self.memory))
         if e > RESCALE_AT:
             f = math.exp(-e)  # 0 when g = 0: only this step counts
             self.sum_s *= f
