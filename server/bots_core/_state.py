@@ -436,6 +436,13 @@ class PoolState:
             self._derived.extend(self, n0)
         self.changed()
 
+    def set_embeddings(self, basis: EmbeddingBasis, codes: Codes) -> None:
+        """Gives a pool without embeddings its basis and every task's codes (an import)."""
+        if self.embedding_basis is not None:
+            raise ValueError("the pool has embeddings already")
+        self.embedding_basis = basis
+        self._extend_codes(0, len(self.keys), codes)
+
     def _extend_codes(self, n0: int, m: int, codes: Codes | None) -> None:
         b = self.embedding_basis
         if (b is None) != (codes is None):
