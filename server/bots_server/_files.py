@@ -275,6 +275,7 @@ def posterior_to_json(p: TaskPosterior) -> dict[str, Any]:
         "prior_beta": t.prior_beta,
         "alpha": p.alpha,
         "beta": p.beta,
+        **({EMBEDDING_FIELD: list(t.embedding)} if t.embedding else {}),
     }
 
 
@@ -343,7 +344,7 @@ def read_export(path: str, f: TextIO) -> tuple[PoolHeader, Iterator[TaskPosterio
             if not text.strip():
                 continue
             obj = _json_object(path, line, text)
-            _check_fields(path, line, obj, (*TASK_COLUMNS, "alpha", "beta"))
+            _check_fields(path, line, obj, (*TASK_COLUMNS, EMBEDDING_FIELD, "alpha", "beta"))
             alpha = _number(path, line, "alpha", obj.pop("alpha", None))
             beta = _number(path, line, "beta", obj.pop("beta", None))
             if alpha is None or beta is None or alpha <= 0 or beta <= 0:
