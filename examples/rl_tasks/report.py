@@ -26,6 +26,8 @@ LABELS = {
     "implicit_only": "Implicit-only (DOTS-like)",
     "dapo": "DAPO dynamic sampling (uniform + filter)",
     "bots-p0.25": "BOTS, p* = 0.25",
+    "similarity": "BOTS, similarity (no references)",
+    "bots+similarity": "BOTS, interpolation + similarity",
 }
 COLORS = {
     "uniform": "tab:gray",
@@ -34,6 +36,8 @@ COLORS = {
     "implicit_only": "tab:purple",
     "dapo": "tab:red",
     "bots-p0.25": "tab:green",
+    "similarity": "tab:cyan",
+    "bots+similarity": "tab:olive",
 }
 
 

@@ -2,6 +2,7 @@
 
     python examples/rl_tasks/run.py --out rl_tasks_out          # the full comparison
     python examples/rl_tasks/run.py --quick --out /tmp/q        # a smoke run (one seed, few steps)
+    python examples/rl_tasks/run.py --similarity --out rl_sim   # implicit evidence without references
 
 1. A 2-layer Qwen2 is warmed up by supervised training on six task families.
    The checkpoint at ``base_step`` is the base policy; an earlier one
@@ -14,6 +15,12 @@
    rollout's reward goes back in `ReportOutcomes`.
 3. Held-out sampled pass@1 and greedy accuracy are measured every
    ``eval_every`` steps; report.py writes the table, the figure and the JSON.
+
+Methods whose preset uses the similarity estimator (``similarity``,
+``bots+similarity``) send every task with an embedding of its prompt, made as
+``bots embed`` makes it (``embedder``, reduced to ``embed_dim`` by PCA over
+the pool); ``--similarity`` runs those against uniform, explicit-only and
+BOTS with references (docs/similarity.md).
 """
 
 from __future__ import annotations
@@ -66,7 +73,15 @@ class Config:
     dapo_max_rounds: int = 4
     workers: int = 2
     trl_steps: int = 40
+    embedder: str = "minilm"
+    embed_dim: int = 32
 
+
+# --similarity: implicit evidence without reference models against the methods
+# around it (docs/similarity.md).
+SIMILARITY_METHODS = ("uniform", "explicit_only", "similarity", "bots", "bots+similarity")
+# Presets whose pools need task embeddings.
+EMBEDDING_PRESETS = ("similarity", "bots+similarity")
 
 QUICK = Config(
     methods=("uniform", "bots", "dapo"),
@@ -84,6 +99,7 @@ QUICK = Config(
     eval_samples=2,
     workers=1,
     trl_steps=2,
+    embedder="hashing",
 )
 
 
@@ -95,12 +111,37 @@ def parse_method(method: str) -> tuple[str, float | None]:
     return preset, float(target) if target else None
 
 
+def needs_embeddings(method: str) -> bool:
+    """Whether the method's pool uses the similarity estimator (its tasks carry embeddings)."""
+    return parse_method(method)[0] in EMBEDDING_PRESETS
+
+
+def embed_prompts(cfg: Config, prompts: list[str], log: Any) -> np.ndarray:
+    """Embeddings of the prompts as ``bots embed --model cfg.embedder --dim cfg.embed_dim`` makes them."""
+    from bots_server._embed import load_embedder, reduce
+
+    t0 = time.monotonic()
+    vectors = load_embedder(cfg.embedder)(prompts)
+    low = reduce(np.asarray(vectors, dtype=np.float32), cfg.embed_dim)
+    log(f"embedded {len(prompts)} prompts ({cfg.embedder}, d = {low.shape[1]}) in "
+        f"{time.monotonic() - t0:.0f} s")  # fmt: skip
+    return low
+
+
 def prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None = None) -> dict[str, Any]:
-    """Supervised warm-up, the pool, the held-out set and the measured reference pass rates.
+    """Supervised warm-up, the pool, the held-out set, the measured reference pass rates.
 
     With ``cache``, a preparation saved there by an earlier run with the same
-    settings is reused (the base weights and the measured rates).
+    settings is reused (the base weights and the measured rates). Prompt
+    embeddings are added when a method needs them.
     """
+    prep = _prepare(cfg, workdir, log, cache)
+    if any(needs_embeddings(m) for m in cfg.methods):
+        prep["embeddings"] = embed_prompts(cfg, [p.prompt for p in prep["pool"]], log)
+    return prep
+
+
+def _prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None) -> dict[str, Any]:
     import policy
     import torch
     import world
@@ -150,11 +191,15 @@ def prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None = None) -> 
     return {"pool": pool, "held": held, "rates": rates}
 
 
-def _pool_tasks(prep: dict[str, Any]) -> list[Any]:
+def _pool_tasks(prep: dict[str, Any], embeddings: bool = False) -> list[Any]:
     from bots_client import Task
 
     w, g = prep["rates"]["weak"], prep["rates"]["strong"]
-    return [Task(p.key, weak=float(wk), strong=float(st)) for p, wk, st in zip(prep["pool"], w, g)]
+    tasks = [Task(p.key, weak=float(wk), strong=float(st)) for p, wk, st in zip(prep["pool"], w, g)]
+    if not embeddings:
+        return tasks
+    vecs = prep["embeddings"]
+    return [dataclasses.replace(t, embedding=tuple(map(float, v))) for t, v in zip(tasks, vecs)]
 
 
 def train_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +217,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     enc = policy.Encoded(pool)
     index = {p.key: i for i, p in enumerate(pool)}
     preset, target = parse_method(method)
-    name = f"rl-{method}-s{seed}"
+    name = f"rl-{method.replace('+', '_')}-s{seed}"  # pool names allow [A-Za-z0-9._-]
     run_id = f"{name}-run"
     model = policy.build_model(seed=0)
     model.load_state_dict(torch.load(Path(job["workdir"]) / "base.pt"))
@@ -194,7 +239,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     with SelectorClient(job["address"]) as client:
         client.create_pool(
             name,
-            _pool_tasks(prep),
+            _pool_tasks(prep, needs_embeddings(method)),
             preset=preset,
             config=PoolConfig(seed=seed, pseudo_rollouts=float(n), target=target),
         )
@@ -369,8 +414,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cache", help="file to keep the warm-up and reference rates in, reused")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--similarity",
+        action="store_true",
+        help=f"methods {','.join(SIMILARITY_METHODS)} and no TRL leg (docs/similarity.md)",
+    )
+    parser.add_argument("--embedder", help="bots embed --model for similarity pools (minilm)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else Config()
+    if args.similarity:
+        cfg = dataclasses.replace(cfg, methods=SIMILARITY_METHODS, trl_steps=0)
+    if args.embedder:
+        cfg = dataclasses.replace(cfg, embedder=args.embedder)
     if args.seeds:
         cfg = dataclasses.replace(cfg, seeds=tuple(range(args.seeds)))
     if args.steps:
