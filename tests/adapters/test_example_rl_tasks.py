@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bots_client import SelectorClient
+from bots_client import EstimatorKind, SelectorClient
 
 pytest.importorskip("transformers")
 pytestmark = [
@@ -117,3 +117,34 @@ def test_short_run_trains_on_the_servers_selections_and_reports_every_reward_onc
     assert {(r["method"], r["seed"]) for r in saved["runs"]} == {
         (m, s) for m in cfg.methods for s in cfg.seeds
     }
+
+
+@pytest.mark.timeout(120)
+def test_similarity_comparison_sends_embeddings_to_similarity_pools_and_reports_every_method(
+    example, bots_target: str, client: SelectorClient, tmp_path: Path
+) -> None:
+    cfg = dataclasses.replace(example.QUICK, methods=example.SIMILARITY_METHODS, trl_steps=0)
+    out = tmp_path / "out"
+    results = example.run_all(cfg, out, server=bots_target, show_progress=False)
+
+    expected = {
+        "similarity": EstimatorKind.SIMILARITY,
+        "bots+similarity": EstimatorKind.BOTH,
+        "bots": EstimatorKind.INTERPOLATION,
+    }
+    for run in results["runs"]:
+        info = client.get_pool(run["pool"])
+        assert info.steps_applied == cfg.steps
+        if run["method"] in expected:
+            assert info.config.estimator is expected[run["method"]]
+        # Only the pools whose estimator uses them carry embeddings.
+        tasks = [p.task for _, chunk in client.export_posteriors(run["pool"]) for p in chunk]
+        has = {bool(t.embedding) for t in tasks}
+        assert has == {example.needs_embeddings(run["method"])}
+
+    import report
+
+    table = (out / "results.md").read_text()
+    for method in cfg.methods:
+        assert f"| {report.label(method)} |" in table
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
