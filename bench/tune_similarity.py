@@ -82,7 +82,9 @@ class Runner:
 
 
 def fmt(iv: Interval) -> str:
-    return f"{iv.mean:.3f} ± {iv.half_width:.3f}"
+    """Mean ± half width over the seeds that reached the target; '(k never)' counts the others."""
+    never = f" ({iv.censored} never)" if iv.censored else ""
+    return f"{iv.mean:.3f} ± {iv.half_width:.3f}{never}"
 
 
 def grid(seeds: range) -> list[str]:
