@@ -210,8 +210,10 @@ PROBE = """
 import os, sys, time, psutil
 sys.path[:0] = {paths!r}
 from bots_core._select import warm_up_kernel
+from bots_server._memory import return_large_blocks
 from bots_server._redis_store import RedisStore
-warm_up_kernel().join()  # as `bots serve` does when it starts, before any pool is loaded
+return_large_blocks()  # as `bots serve` does when it starts, before any pool is loaded
+warm_up_kernel().join()
 proc = psutil.Process()
 store = RedisStore({url!r})
 rss0 = proc.memory_info().rss
