@@ -305,15 +305,16 @@ def main() -> int:
         lines += [
             "",
             "| N tasks | SelectBatch over gRPC p50 / p99 (embedded store) | Trinity-RFT in process "
-            "| gRPC p50 / Trinity |",
-            "|---:|---:|---:|---:|",
+            "| gRPC p50 / Trinity | ReportOutcomes p50 | server RSS/task |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for n, g in networked.items():
             trin_ms = rows.get(n, {}).get("trinity_select")
             ratio = f"{g['grpc_select_p50'] / trin_ms:.2f}x" if trin_ms else "n/a"
             lines.append(
                 f"| {n:,} | {g['grpc_select_p50']:.1f} / {g['grpc_select_p99']:.1f} ms "
-                f"| {f'{trin_ms:.1f} ms' if trin_ms else 'n/a'} | {ratio} |"
+                f"| {f'{trin_ms:.1f} ms' if trin_ms else 'n/a'} | {ratio} "
+                f"| {g['grpc_report_p50']:.1f} ms | {g['server_rss_per_task']:.0f} B |"
             )
     if growth:
         lines += [
