@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "similarity.md"
-
-
-def doc_block() -> str:
-    """The bash block right after the ``<!-- doc-test -->`` marker."""
-    _, marker, tail = DOC.read_text(encoding="utf-8").partition("<!-- doc-test -->")
-    assert marker, "docs/similarity.md has no <!-- doc-test --> block"
-    match = re.match(r"\s*```bash\n(.*?)```", tail, re.S)
-    assert match, "no bash block right after the marker"
-    return match.group(1)
+from doc_blocks import doc_block
 
 
 def test_the_similarity_page_commands_run_as_written(tmp_path: Path) -> None:
@@ -31,7 +21,7 @@ def test_the_similarity_page_commands_run_as_written(tmp_path: Path) -> None:
     work.mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run(
-        ["bash", "-e", "-c", doc_block()],
+        ["bash", "-e", "-c", doc_block("similarity.md")],
         cwd=work,
         env=env,
         capture_output=True,
