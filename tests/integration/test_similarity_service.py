@@ -294,3 +294,21 @@ def test_an_exported_similarity_pool_imports_with_the_same_codes(stub):
         stub.ImportPosteriors(iter(without))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "needs task embeddings" in err.value.details()
+
+
+def test_a_pool_too_large_for_the_exact_search_is_refused_without_faiss(stub, monkeypatch):
+    import sys
+
+    import bots_core._pool_estimator as pe
+
+    monkeypatch.setattr(pe, "EXACT_LIMIT", 20)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, tasks(KEYS[:30], ROWS[:30], False), create=True)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs faiss" in err.value.details()
+    _add(stub, tasks(KEYS[:20], ROWS[:20], False), create=True)
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, tasks(KEYS[20:], ROWS[20:], False), create=False)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.task_count == 20
