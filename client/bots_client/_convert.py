@@ -176,9 +176,11 @@ def task_fields(task: TaskLike) -> dict[str, Any]:
             fields["prior_alpha"] = float(task.prior_alpha)
         if task.prior_beta is not None:
             fields["prior_beta"] = float(task.prior_beta)
+        if task.embedding:
+            fields["embedding"] = task.embedding
         return fields
     if isinstance(task, Mapping):
-        unknown = set(task) - {"key", *_TASK_FLOATS}
+        unknown = set(task) - {"key", "embedding", *_TASK_FLOATS}
         if unknown:
             raise InvalidRequestError(
                 f"unknown task field(s): {', '.join(sorted(map(str, unknown)))}"
@@ -187,6 +189,8 @@ def task_fields(task: TaskLike) -> dict[str, Any]:
             raise InvalidRequestError("a task mapping needs a 'key'")
         fields = {"key": task["key"]}
         fields.update({k: float(task[k]) for k in _TASK_FLOATS if task.get(k) is not None})
+        if task.get("embedding"):
+            fields["embedding"] = [float(x) for x in task["embedding"]]
         return fields
     raise TypeError(f"expected a Task, str or mapping, got {type(task).__name__}")
 
@@ -205,6 +209,7 @@ def task_from_pb(msg: pb.Task) -> Task:
         msg.strong if msg.HasField("strong") else None,
         msg.prior_alpha if msg.HasField("prior_alpha") else None,
         msg.prior_beta if msg.HasField("prior_beta") else None,
+        tuple(msg.embedding),
     )
 
 

@@ -175,6 +175,9 @@ class Task:
             unknown. Weak and strong are given together or not at all.
         prior_alpha: Prior alpha0 > 0; None = 1.
         prior_beta: Prior beta0 > 0; None = 1.
+        embedding: Vector for the similarity estimator (1..1024 finite
+            values; every task of a pool has one, of one dimension, or none
+            has); empty = none. A pool returns it reduced (at most 32 values).
     """
 
     key: str
@@ -182,6 +185,7 @@ class Task:
     strong: float | None = None
     prior_alpha: float | None = None
     prior_beta: float | None = None
+    embedding: tuple[float, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from bots_core._config import PRESETS, EstimatorKind, PoolConfig, SelectionMode, preset
 from bots_core._diagnostics import QUALITY_WINDOW, RATIO_WINDOW, Diagnostics
+from bots_core._embeddings import (
+    MAX_EMBEDDING_DIM,
+    STORED_DIM,
+    EmbeddingBasis,
+    check_embeddings,
+)
 from bots_core._errors import (
     BotsCoreError,
     CorruptStateError,
@@ -13,6 +19,14 @@ from bots_core._errors import (
     shorten,
 )
 from bots_core._keys import KeyIndex, KeyTable
+from bots_core._pool_estimator import (
+    PoolEstimator,
+    check_graph_size,
+    estimator_at,
+    graph_of_codes,
+    needs_estimator,
+    restore,
+)
 from bots_core._runs import ACTIVE_STEPS, RunState, run_offset, sharing
 from bots_core._select import (
     Selection,
@@ -22,6 +36,7 @@ from bots_core._select import (
     top_k,
     warm_up_kernel,
 )
+from bots_core._similarity import EstimatorState
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, Lazy, PoolState, TaskSpec
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
@@ -40,15 +55,19 @@ __all__ = [
     "ACTIVE_STEPS",
     "DEFAULT_ESTIMATOR",
     "ETR_WINDOW",
+    "MAX_EMBEDDING_DIM",
     "MAX_KEY_BYTES",
     "MAX_TRIALS",
     "PRESETS",
     "QUALITY_WINDOW",
     "RATIO_WINDOW",
+    "STORED_DIM",
     "BotsCoreError",
     "CorruptStateError",
     "Diagnostics",
+    "EmbeddingBasis",
     "EstimatorKind",
+    "EstimatorState",
     "Evidence",
     "ImplicitEstimator",
     "InterpolationEstimator",
@@ -57,6 +76,7 @@ __all__ = [
     "KeyTable",
     "Lazy",
     "PoolConfig",
+    "PoolEstimator",
     "PoolState",
     "RunState",
     "Selection",
@@ -70,7 +90,13 @@ __all__ = [
     "batch_capability",
     "beta_draws",
     "check_counts",
+    "check_embeddings",
+    "check_graph_size",
+    "estimator_at",
+    "graph_of_codes",
+    "needs_estimator",
     "preset",
+    "restore",
     "run_offset",
     "seed_sequence",
     "select_batch",

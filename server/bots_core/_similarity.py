@@ -9,7 +9,9 @@ the reverse neighbours of the evaluated tasks: O(B k).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +57,35 @@ class _ErrorTracker:
         self.mse = batch if math.isnan(self.mse) else momentum * self.mse + (1 - momentum) * batch
 
 
+@dataclass(frozen=True)
+class EstimatorState:
+    """What a similarity estimator carries from step to step (its own arrays, copied).
+
+    The graph is not in it: a pool rebuilds it from its embedding codes, as it
+    was built, over the first ``tasks`` tasks (``bots_core._pool_estimator``).
+
+    Attributes:
+        tasks: Tasks the graph covers.
+        origin: Step the sums' scale is relative to.
+        observed: Whether any outcome was observed.
+        mse: The similarity estimate's tracked squared error (NaN before any).
+        combined_mse: The interpolation's tracked error in a CombinedEstimator;
+            None for a SimilarityEstimator alone.
+        sum_s: Scaled, kernel-weighted neighbour successes per task.
+        sum_t: The same for trials.
+        p: p~ per task as maintained (sum_s / sum_t where sum_t > 0, else 0.5).
+    """
+
+    tasks: int
+    origin: int
+    observed: bool
+    mse: float
+    combined_mse: float | None
+    sum_s: FloatArray
+    sum_t: FloatArray
+    p: FloatArray
+
+
 class SimilarityEstimator:
     """p~_i = sum_j K_ij e_j s_j / sum_j K_ij e_j t_j over the neighbours j of task i.
 
@@ -89,6 +120,35 @@ class SimilarityEstimator:
         self.observed = False
         self.errors = _ErrorTracker()
         self._conf: FloatArray | None = None  # buffer of confidence()
+
+    # ------------------------------------------------------------- state
+    def to_state(self) -> EstimatorState:
+        """A copy of what this estimator carries from step to step (see :meth:`from_state`)."""
+        return EstimatorState(
+            self.graph.task_count, self.origin, self.observed, self.errors.mse, None,
+            self.sum_s.copy(), self.sum_t.copy(), self.p.copy(),
+        )  # fmt: skip
+
+    @classmethod
+    def from_state(
+        cls, graph: NeighbourGraph, state: EstimatorState, half_mass: float | None = None
+    ) -> SimilarityEstimator:
+        """The estimator :meth:`to_state` saved, over ``graph`` (the graph it had).
+
+        Raises:
+            InvalidInputError: the arrays do not match the graph.
+        """
+        n = graph.task_count
+        if state.tasks != n or any(len(a) != n for a in (state.sum_s, state.sum_t, state.p)):
+            raise InvalidInputError(f"estimator state of {state.tasks} tasks for a graph of {n}")
+        est = cls(graph, half_mass)
+        est.sum_s = np.array(state.sum_s, dtype=np.float64)
+        est.sum_t = np.array(state.sum_t, dtype=np.float64)
+        est.p = np.array(state.p, dtype=np.float64)
+        est.origin = state.origin
+        est.observed = state.observed
+        est.errors.mse = state.mse
+        return est
 
     # ------------------------------------------------------------- decay
     @staticmethod
@@ -198,6 +258,17 @@ class CombinedEstimator:
         self.similarity = similarity
         self.interpolation = InterpolationEstimator()
         self.errors = _ErrorTracker()  # the interpolation's
+
+    def to_state(self) -> EstimatorState:
+        """The similarity estimator's state with this estimator's own tracked error."""
+        return dataclasses.replace(self.similarity.to_state(), combined_mse=self.errors.mse)
+
+    @classmethod
+    def from_state(cls, graph: NeighbourGraph, state: EstimatorState) -> CombinedEstimator:
+        """Inverse of :meth:`to_state` (the interpolation's state lives in the pool)."""
+        est = cls(SimilarityEstimator.from_state(graph, state))
+        est.errors.mse = math.nan if state.combined_mse is None else state.combined_mse
+        return est
 
     def observe(self, state: PoolState, evidence: Evidence) -> None:
         """Tracks the interpolation's error, then lets both estimators observe."""

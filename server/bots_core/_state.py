@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import math
@@ -15,6 +16,7 @@ import numpy.typing as npt
 
 from bots_core._config import PoolConfig
 from bots_core._diagnostics import Diagnostics
+from bots_core._embeddings import Codes, EmbeddingBasis
 from bots_core._errors import InvalidInputError, TaskConflictError, shorten
 from bots_core._keys import KeyIndex, KeyTable
 from bots_core._runs import RunState
@@ -154,6 +156,9 @@ class PoolState:
         self.lazy = Lazy()  # steps not yet written into every task (see Lazy)
         self._version = 0  # bumped by every change of the posteriors
         self._view: tuple[int, FloatArray, FloatArray] | None = None
+        # Task embeddings (docs/similarity.md): none, or int8 codes for every task.
+        self.embedding_basis: EmbeddingBasis | None = None
+        self._codes: Codes = np.zeros(0, dtype=np.int8)  # rows one after the other, spare capacity
 
     # ------------------------------------------------------------ posteriors
     @property
@@ -319,6 +324,14 @@ class PoolState:
         self.changed()
 
     @property
+    def embedding_codes(self) -> Codes | None:
+        """(N, d) int8 embedding codes of every task, or None for a pool without embeddings."""
+        b = self.embedding_basis
+        if b is None:
+            return None
+        return self._codes[: len(self.keys) * b.dim].reshape(-1, b.dim)
+
+    @property
     def index(self) -> KeyIndex:
         """Task key -> dense index, built on first use (a replica that only draws never needs it)."""
         if self._index is None:
@@ -393,13 +406,17 @@ class PoolState:
         strong: FloatArray,
         prior_alpha: FloatArray,
         prior_beta: FloatArray,
+        codes: Codes | None = None,
     ) -> None:
         """Appends already validated, new tasks as columns; posteriors start at the prior.
 
         This is the fast path for stores that rebuild a pool from columns they
-        validated when the tasks were registered.
+        validated when the tasks were registered. ``codes`` (rows of
+        :attr:`embedding_basis`'s dimension) are required exactly when the pool
+        has a basis.
         """
         n0 = len(self.keys)
+        self._extend_codes(n0, len(keys), codes)
         if self._index is not None:
             self._index.add(n0, keys)
         alpha, beta = prior_alpha, prior_beta
@@ -419,6 +436,22 @@ class PoolState:
             self._derived.extend(self, n0)
         self.changed()
 
+    def set_embeddings(self, basis: EmbeddingBasis, codes: Codes) -> None:
+        """Gives a pool without embeddings its basis and every task's codes (an import)."""
+        if self.embedding_basis is not None:
+            raise ValueError("the pool has embeddings already")
+        self.embedding_basis = basis
+        self._extend_codes(0, len(self.keys), codes)
+
+    def _extend_codes(self, n0: int, m: int, codes: Codes | None) -> None:
+        b = self.embedding_basis
+        if (b is None) != (codes is None):
+            raise ValueError("embedding codes are given exactly for a pool with a basis")
+        if b is not None and codes is not None:
+            if codes.shape != (m, b.dim):
+                raise ValueError(f"embedding codes must have shape ({m}, {b.dim})")
+            self._codes = _appended(self._codes, n0 * b.dim, codes.reshape(-1))
+
     @classmethod
     def from_columns(
         cls,
@@ -432,6 +465,8 @@ class PoolState:
         alpha: FloatArray | None = None,
         beta: FloatArray | None = None,
         lazy: Lazy | None = None,
+        codes: Codes | None = None,
+        basis: EmbeddingBasis | None = None,
     ) -> PoolState:
         """A pool of already validated tasks, posteriors at the prior unless given (takes ``keys``).
 
@@ -456,6 +491,8 @@ class PoolState:
         state._cols["beta"] = np.array(prior_beta if beta is None else beta, dtype=np.float64)
         if lazy is not None:
             state.lazy = lazy
+        state.embedding_basis = basis
+        state._extend_codes(0, n, codes)
         return state
 
     def trim(self) -> None:
@@ -464,6 +501,9 @@ class PoolState:
         for name, buf in self._cols.items():
             if len(buf) != n:
                 self._cols[name] = buf[:n].copy()
+        codes = self.embedding_codes
+        if codes is not None and codes.size != len(self._codes):
+            self._codes = codes.reshape(-1).copy()
 
     # ------------------------------------------------------------ statistics
     def posterior_mean(self) -> FloatArray:
@@ -493,9 +533,9 @@ class PoolState:
         return math.fsum(self.recent_etr) / len(self.recent_etr) if self.recent_etr else math.nan
 
     # --------------------------------------------------------- serialisation
-    def to_bytes(self) -> bytes:
-        """Serialises the whole state (config included)."""
-        header = {
+    def header(self) -> dict[str, Any]:
+        """The pool-level fields of the state as JSON values (what :meth:`to_bytes` and checkpoints write)."""
+        header: dict[str, Any] = {
             "name": self.name,
             "config": self.config.to_dict(),
             "n": self.task_count,
@@ -507,6 +547,14 @@ class PoolState:
             "runs": {r: s.to_json() for r, s in self.runs.items()},
             "lazy": self.lazy.to_json(),
         }
+        if self.embedding_basis is not None:
+            header["embedding"] = base64.b64encode(self.embedding_basis.to_bytes()).decode()
+        return header
+
+    def to_bytes(self) -> bytes:
+        """Serialises the whole state (config included)."""
+        header = self.header()
+        codes = self.embedding_codes
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         blob, key_lengths = self.keys.to_bytes()
         lengths = key_lengths.astype("<u4")
@@ -515,6 +563,8 @@ class PoolState:
         ]  # fmt: skip
         parts = [_MAGIC, struct.pack("<Q", len(hbytes)), hbytes, lengths.tobytes()]
         parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays]
+        if codes is not None:
+            parts.append(np.ascontiguousarray(codes).tobytes())
         parts.append(blob)
         return b"".join(parts)
 
@@ -550,13 +600,18 @@ class PoolState:
         for _ in range(6):
             arrays.append(np.frombuffer(data, dtype="<f8", count=n, offset=pos).astype(np.float64))
             pos += 8 * n
+        basis, codes = None, None
+        if "embedding" in header:
+            basis = EmbeddingBasis.from_bytes(base64.b64decode(header["embedding"]))
+            codes = np.frombuffer(data, np.int8, n * basis.dim, pos).reshape(n, basis.dim)
+            pos += n * basis.dim
         blob = data[pos:]
         if int(lengths.sum(dtype=np.int64)) != len(blob):
             raise InvalidInputError("serialised pool is truncated or corrupt")
         alpha, beta, alpha0, beta0, weak, strong = arrays
         state = cls.from_columns(
             state.name, state.config, KeyTable.from_bytes(blob, lengths), weak, strong, alpha0, beta0,
-            alpha, beta, Lazy.from_json(header.get("lazy")),
+            alpha, beta, Lazy.from_json(header.get("lazy")), codes, basis,
         )  # fmt: skip
         cap = header["capability"]
         state.capability = math.nan if cap is None else float(cap)

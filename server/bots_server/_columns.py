@@ -9,22 +9,28 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import InvalidInputError, KeyTable
+from bots_core import InvalidInputError, KeyTable, PoolState
 
 FloatArray = npt.NDArray[np.float64]
+Codes = npt.NDArray[np.int8]
 
 _MAGIC = b"BTC1"
+_MAGIC_CODES = b"BTC2"  # the same, then the embedding width (u2) and the int8 codes
 
 
 @dataclass
 class Columns:
-    """Keys, reference rates (NaN = unknown) and priors of consecutive tasks."""
+    """Keys, reference rates (NaN = unknown), priors and embedding codes of consecutive tasks.
+
+    ``embedding`` is None for a pool without embeddings, else (n, d) int8 codes.
+    """
 
     keys: KeyTable
     weak: FloatArray
     strong: FloatArray
     prior_alpha: FloatArray
     prior_beta: FloatArray
+    embedding: Codes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.keys, KeyTable):
@@ -32,6 +38,16 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @classmethod
+    def of_state(cls, st: PoolState, lo: int = 0, hi: int | None = None) -> Columns:
+        """The columns of tasks ``lo:hi`` of a pool (views where slicing gives them)."""
+        hi = st.task_count if hi is None else hi
+        codes = st.embedding_codes
+        return cls(
+            st.keys[lo:hi], st.weak[lo:hi], st.strong[lo:hi], st.alpha0[lo:hi], st.beta0[lo:hi],
+            None if codes is None else codes[lo:hi],
+        )  # fmt: skip
 
     @classmethod
     def empty(cls) -> Columns:
@@ -45,37 +61,35 @@ class Columns:
             self.strong[lo:hi],
             self.prior_alpha[lo:hi],
             self.prior_beta[lo:hi],
+            None if self.embedding is None else self.embedding[lo:hi],
         )
 
     def concat(self, other: Columns) -> Columns:
-        return Columns(
-            self.keys + other.keys,
-            np.concatenate([self.weak, other.weak]),
-            np.concatenate([self.strong, other.strong]),
-            np.concatenate([self.prior_alpha, other.prior_alpha]),
-            np.concatenate([self.prior_beta, other.prior_beta]),
-        )
+        return Columns.join([self, other])
 
     def encode(self) -> bytes:
-        """zlib-compressed: count, four float64 columns, key lengths, UTF-8 keys."""
+        """zlib-compressed: count, four float64 columns, key lengths, UTF-8 keys[, width, codes]."""
         blob, key_lengths = self.keys.to_bytes()
         lengths = key_lengths.astype("<u2")
-        body = b"".join(
-            [
-                struct.pack("<I", len(self.keys)),
-                *(
-                    np.ascontiguousarray(a, dtype="<f8").tobytes()
-                    for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)
-                ),
-                lengths.tobytes(),
-                blob,
-            ]
-        )
-        return _MAGIC + zlib.compress(body, 6)
+        parts = [
+            struct.pack("<I", len(self.keys)),
+            *(
+                np.ascontiguousarray(a, dtype="<f8").tobytes()
+                for a in (self.weak, self.strong, self.prior_alpha, self.prior_beta)
+            ),
+            lengths.tobytes(),
+            blob,
+        ]
+        if self.embedding is None:
+            return _MAGIC + zlib.compress(b"".join(parts), 6)
+        codes = np.ascontiguousarray(self.embedding, dtype=np.int8)
+        parts += [struct.pack("<H", codes.shape[1]), codes.tobytes()]
+        return _MAGIC_CODES + zlib.compress(b"".join(parts), 6)
 
     @classmethod
     def decode(cls, data: bytes) -> Columns:
-        if not data.startswith(_MAGIC):
+        with_codes = data.startswith(_MAGIC_CODES)
+        if not (with_codes or data.startswith(_MAGIC)):
             raise InvalidInputError("corrupt task chunk")
         body = zlib.decompress(data[len(_MAGIC) :])
         (n,) = struct.unpack_from("<I", body, 0)
@@ -86,13 +100,20 @@ class Columns:
             pos += 8 * n
         lengths = np.frombuffer(body, dtype="<u2", count=n, offset=pos)
         pos += 2 * n
-        if int(lengths.sum(dtype=np.int64)) != len(body) - pos:
+        end = pos + int(lengths.sum(dtype=np.int64))
+        codes = None
+        if with_codes and end + 2 <= len(body):
+            (d,) = struct.unpack_from("<H", body, end)
+            if len(body) != end + 2 + n * d:
+                raise InvalidInputError("corrupt task chunk")
+            codes = np.frombuffer(body, np.int8, n * d, end + 2).reshape(n, d).copy()
+        elif end != len(body):
             raise InvalidInputError("corrupt task chunk")
         try:
-            keys = KeyTable.from_bytes(body[pos:], lengths)
+            keys = KeyTable.from_bytes(body[pos:end], lengths)
         except ValueError:
             raise InvalidInputError("corrupt task chunk") from None
-        return cls(keys, cols[0], cols[1], cols[2], cols[3])
+        return cls(keys, cols[0], cols[1], cols[2], cols[3], codes)
 
     @classmethod
     def join(cls, parts: Sequence[Columns]) -> Columns:
@@ -100,12 +121,20 @@ class Columns:
         if not parts:
             return cls.empty()
         keys = KeyTable.concat([part.keys for part in parts])
+        # A pool's tasks have codes all or none; an empty part may lack them.
+        coded = [c.embedding for c in parts if c.embedding is not None or len(c)]
+        codes: Codes | None = None
+        if coded and all(e is not None for e in coded):
+            codes = np.concatenate(coded)  # type: ignore[arg-type]
+        elif any(e is not None for e in coded):
+            raise ValueError("columns with and without embedding codes do not join")
         return cls(
             keys,
             np.concatenate([c.weak for c in parts]),
             np.concatenate([c.strong for c in parts]),
             np.concatenate([c.prior_alpha for c in parts]),
             np.concatenate([c.prior_beta for c in parts]),
+            codes,
         )
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from bots_api.v1 import selector_pb2 as pb
-from bots_core import EstimatorKind, PoolConfig, SelectionMode, TaskSpec, preset
+from bots_core import (
+    EstimatorKind,
+    PoolConfig,
+    SelectionMode,
+    TaskSpec,
+    check_embeddings,
+    preset,
+)
 
-from bots_server._errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from bots_server._errors import InvalidArgument, ResourceExhausted, short
 from bots_server._model import (
     PoolHeaderView,
     PoolStats,
@@ -16,7 +24,7 @@ from bots_server._model import (
     SelectionView,
 )
 from bots_server._pool import check_pool_name
-from bots_server._store import PoolDump
+from bots_server._store import F32Array, PoolDump
 
 MODE_TO_PB = {
     SelectionMode.THOMPSON: pb.SELECTION_MODE_THOMPSON,
@@ -80,8 +88,17 @@ def task_from_pb(t: pb.Task) -> TaskSpec:
     )
 
 
-def task_to_pb(key: str, weak: float, strong: float, a0: float, b0: float) -> pb.Task:
+def embeddings_from_pb(tasks: Sequence[pb.Task]) -> F32Array | None:
+    """The tasks' embeddings as one validated (N, D) array, or None when none has one."""
+    return check_embeddings([t.key for t in tasks], [t.embedding for t in tasks])
+
+
+def task_to_pb(
+    key: str, weak: float, strong: float, a0: float, b0: float, embedding: F32Array | None = None
+) -> pb.Task:
     msg = pb.Task(key=key, prior_alpha=a0, prior_beta=b0)
+    if embedding is not None:
+        msg.embedding.extend(embedding.tolist())
     if not math.isnan(weak):
         msg.weak = weak
         msg.strong = strong
@@ -152,26 +169,10 @@ def header_to_pb(h: PoolHeaderView) -> pb.PoolHeader:
     )
 
 
-def served_config(config: PoolConfig) -> PoolConfig:
-    """``config`` if the service can run it.
-
-    Raises:
-        FailedPrecondition: an estimator other than the interpolation: it needs
-            task embeddings, which pools in the service do not carry yet.
-    """
-    if config.estimator is not EstimatorKind.INTERPOLATION:
-        raise FailedPrecondition(
-            f"estimator {config.estimator.value!r} needs task embeddings, which pools in the "
-            "service cannot carry yet; it runs in process (bots_core, bots simulate), "
-            "see docs/similarity.md"
-        )
-    return config
-
-
 def header_from_pb(h: pb.PoolHeader) -> PoolHeaderView:
     return PoolHeaderView(
         h.name,
-        served_config(config_from_pb("bots", h.config)),
+        config_from_pb("bots", h.config),
         h.task_count,
         h.steps_applied,
         h.capability,
@@ -198,6 +199,7 @@ class DumpBuilder:
         self.received = 0
         self._keys: list[str] = []
         self._values = np.empty((6, 0), dtype=np.float64)
+        self._embedding: F32Array | None = None  # allocated by the first chunk that has them
 
     def add(self, chunk: pb.PosteriorChunk) -> None:
         """Takes the next chunk of the stream.
@@ -230,7 +232,28 @@ class DumpBuilder:
         b0[:] = [t.prior_beta if t.HasField("prior_beta") else 1.0 for t in specs]
         alpha[:] = [t.alpha for t in tasks]
         beta[:] = [t.beta for t in tasks]
+        self._add_embeddings(lo, hi, specs)
         self.received = hi
+
+    def _add_embeddings(self, lo: int, hi: int, specs: Sequence[pb.Task]) -> None:
+        rows = embeddings_from_pb(specs)
+        if rows is not None and self._embedding is None and lo == 0:
+            try:
+                self._embedding = np.empty((len(self._keys), rows.shape[1]), dtype=np.float32)
+            except MemoryError:
+                raise ResourceExhausted("no memory for the embeddings of this import") from None
+        emb = self._embedding
+        if hi > lo and (rows is None) != (emb is None):
+            raise InvalidArgument(
+                f"import task {short(specs[0].key)}: a pool's tasks have embeddings all or none"
+            )
+        if rows is not None and emb is not None:
+            if rows.shape[1] != emb.shape[1]:
+                raise InvalidArgument(
+                    f"import task {short(specs[0].key)} has an embedding of dimension "
+                    f"{rows.shape[1]}, earlier tasks {emb.shape[1]}"
+                )
+            emb[lo:hi] = rows
 
     def _start(self, msg: pb.PoolHeader) -> None:
         n = msg.task_count
@@ -262,4 +285,4 @@ class DumpBuilder:
                 f"import stream holds {self.received} tasks, header says {len(self._keys)}"
             )
         weak, strong, a0, b0, alpha, beta = self._values
-        return PoolDump(self.header, self._keys, weak, strong, a0, b0, alpha, beta)
+        return PoolDump(self.header, self._keys, weak, strong, a0, b0, alpha, beta, self._embedding)

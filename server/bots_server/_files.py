@@ -13,7 +13,12 @@ from bots_client import PoolConfig, PoolHeader, Task, TaskPosterior
 
 EXPORT_FORMAT = "bots-posteriors/1"
 TASK_COLUMNS = ("key", "weak", "strong", "prior_alpha", "prior_beta")
+# JSONL task records may also carry these: the embedding is sent with the task,
+# the prompt (what `bots embed` reads) is not.
+EMBEDDING_FIELD = "embedding"
+TEXT_FIELD = "prompt"
 MAX_KEY_BYTES = 512
+MAX_EMBEDDING_DIM = 1024
 
 
 class CliError(Exception):
@@ -46,7 +51,10 @@ def read_tasks(path: str) -> list[Task]:
 
     Columns/fields are ``key`` (required), ``weak``, ``strong``,
     ``prior_alpha`` and ``prior_beta``; an empty CSV cell or JSON null means
-    unset. The format comes from the extension (.jsonl/.ndjson/.json or
+    unset. JSONL records may also have ``embedding`` (a list of numbers, for
+    the similarity estimator: every task has one of one length, or none has)
+    and ``prompt`` (ignored), so that the output of `bots embed` is a task
+    file. The format comes from the extension (.jsonl/.ndjson/.json or
     .csv), else from the first character (``{`` means JSONL).
 
     Raises:
@@ -58,6 +66,7 @@ def read_tasks(path: str) -> list[Task]:
             rows = read_rows(path, f)
             tasks: list[Task] = []
             seen: dict[str, int] = {}
+            dims: dict[int, int] = {}  # embedding length -> first line with it
             for line, row in rows:
                 task = task_from_row(path, line, row)
                 first = seen.setdefault(task.key, line)
@@ -65,6 +74,13 @@ def read_tasks(path: str) -> list[Task]:
                     raise FileFormatError(
                         path, line, f"duplicate key {task.key!r} (first on line {first})"
                     )
+                dims.setdefault(len(task.embedding), line)
+                if len(dims) > 1:
+                    (d0, l0), (d1, _) = dims.items()
+                    raise FileFormatError(
+                        path, line, f"embedding of length {d1}, but line {l0} has length {d0}: "
+                        "every task has an embedding of one length, or none has",
+                    )  # fmt: skip
                 tasks.append(task)
             return tasks
     except UnicodeDecodeError as exc:
@@ -126,6 +142,10 @@ def _csv_rows(
         columns = [c.strip() for c in header]
         if "key" not in columns:
             raise FileFormatError(path, 1, "the header row has no 'key' column")
+        if allowed is not None and EMBEDDING_FIELD in columns:
+            raise FileFormatError(
+                path, 1, "a CSV task file cannot carry embeddings: use JSONL (bots embed writes it)"
+            )
         if allowed is not None:
             _check_fields(path, 1, columns, allowed)
         if len(set(columns)) != len(columns):
@@ -159,9 +179,12 @@ def task_from_row(path: str, line: int, row: dict[str, Any]) -> Task:
     Raises:
         FileFormatError: For a missing key, an unknown field or a bad value.
     """
-    _check_fields(path, line, row, TASK_COLUMNS)
+    _check_fields(path, line, row, (*TASK_COLUMNS, EMBEDDING_FIELD, TEXT_FIELD))
     key = _key(path, line, row.get("key"))
-    values = {name: _number(path, line, name, row.get(name)) for name in TASK_COLUMNS[1:]}
+    embedding = _embedding(path, line, row.get(EMBEDDING_FIELD))
+    values: dict[str, Any] = {
+        name: _number(path, line, name, row.get(name)) for name in TASK_COLUMNS[1:]
+    }
     for name in ("weak", "strong"):
         v = values[name]
         if v is not None and not 0.0 <= v <= 1.0:
@@ -172,7 +195,28 @@ def task_from_row(path: str, line: int, row: dict[str, Any]) -> Task:
         v = values[name]
         if v is not None and not v > 0.0:
             raise FileFormatError(path, line, f"{name} must be > 0, got {v}")
-    return Task(key=key, **values)
+    return Task(key=key, embedding=embedding, **values)
+
+
+def _embedding(path: str, line: int, raw: Any) -> tuple[float, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raise FileFormatError(
+            path, line, "embedding must be a JSON list of numbers (CSV files cannot carry one)"
+        )
+    if not isinstance(raw, list) or not raw:
+        raise FileFormatError(path, line, "embedding must be a non-empty list of numbers")
+    if len(raw) > MAX_EMBEDDING_DIM:
+        raise FileFormatError(
+            path, line, f"embedding has {len(raw)} values; at most {MAX_EMBEDDING_DIM} are taken"
+        )
+    out = []
+    for v in raw:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise FileFormatError(path, line, f"embedding values must be finite numbers, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
 
 
 def _key(path: str, line: int, raw: Any) -> str:
@@ -231,6 +275,7 @@ def posterior_to_json(p: TaskPosterior) -> dict[str, Any]:
         "prior_beta": t.prior_beta,
         "alpha": p.alpha,
         "beta": p.beta,
+        **({EMBEDDING_FIELD: list(t.embedding)} if t.embedding else {}),
     }
 
 
@@ -299,7 +344,7 @@ def read_export(path: str, f: TextIO) -> tuple[PoolHeader, Iterator[TaskPosterio
             if not text.strip():
                 continue
             obj = _json_object(path, line, text)
-            _check_fields(path, line, obj, (*TASK_COLUMNS, "alpha", "beta"))
+            _check_fields(path, line, obj, (*TASK_COLUMNS, EMBEDDING_FIELD, "alpha", "beta"))
             alpha = _number(path, line, "alpha", obj.pop("alpha", None))
             beta = _number(path, line, "beta", obj.pop("beta", None))
             if alpha is None or beta is None or alpha <= 0 or beta <= 0:

@@ -25,13 +25,12 @@ from bots_server._errors import (
     AlreadyExists,
     DataLoss,
     NotFound,
-    ResourceExhausted,
     StoreUnavailable,
     short,
 )
 from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
 from bots_server._pool import PoolRuntime, Retention, check_pool_name
-from bots_server._records import AddTasks, Expire, OpenSelection, Record, Report
+from bots_server._records import AddTasks, Expire, F32Array, OpenSelection, Record, Report
 from bots_server._store import PoolDump, Store
 
 log = logging.getLogger(__name__)
@@ -240,30 +239,32 @@ class LogStore(Store):
 
     # ---------------------------------------------------------------- interface
     def create_pool(
-        self, name: str, config: PoolConfig, tasks: Sequence[TaskSpec]
+        self,
+        name: str,
+        config: PoolConfig,
+        tasks: Sequence[TaskSpec],
+        embeddings: F32Array | None = None,
     ) -> tuple[PoolStats, bool, int]:
         check_pool_name(name)
-        state = PoolState(name, config)
-        fresh = state.plan_add(tasks)
-        if len(fresh) > self.max_tasks:
-            raise ResourceExhausted(
-                f"pool {short(name)} would hold {len(fresh)} tasks; the limit is {self.max_tasks}"
-            )
-        state.add_tasks(fresh)
-        runtime = self._new_runtime(state)
+        runtime = self._new_runtime(PoolState(name, config))
+        record = runtime.plan_add(tasks, self.max_tasks, self.clock(), embeddings)
+        if record is not None:
+            runtime.add_columns(record)
         if self._install(runtime):
-            return runtime.stats(), True, len(fresh)
+            return runtime.stats(), True, runtime.tasks.task_count
         existing = self._read(name, lambda rt: rt.tasks.config)
         if existing != config:
             raise AlreadyExists(f"pool {short(name)} already exists with a different config")
-        added, _ = self.add_tasks(name, tasks)
+        added, _ = self.add_tasks(name, tasks, embeddings)
         return self.get_pool(name), False, added
 
-    def add_tasks(self, name: str, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
+    def add_tasks(
+        self, name: str, tasks: Sequence[TaskSpec], embeddings: F32Array | None = None
+    ) -> tuple[int, int]:
         seen: list[tuple[int, int]] = []
 
         def plan(rt: PoolRuntime) -> Planned:
-            record = rt.plan_add(tasks, self.max_tasks, self.clock())
+            record = rt.plan_add(tasks, self.max_tasks, self.clock(), embeddings)
             seen[:] = [(rt.tasks.task_count, len(record.tasks) if record else 0)]
             return record
 

@@ -37,7 +37,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from bots_server._errors import AlreadyExists, DataLoss, ServiceError, StoreUnavailable
 from bots_server._metrics_pools import PoolCollector
 from bots_server._model import OutcomeIn, PoolStats, ReportAck, SelectionView
-from bots_server._store import PoolDump, Store
+from bots_server._store import F32Array, PoolDump, Store
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +292,20 @@ class InstrumentedStore(Store):
             self.m.store_duration.labels(op).observe(time.perf_counter() - start)
 
     def create_pool(
-        self, name: str, config: PoolConfig, tasks: Sequence[TaskSpec]
+        self,
+        name: str,
+        config: PoolConfig,
+        tasks: Sequence[TaskSpec],
+        embeddings: F32Array | None = None,
     ) -> tuple[PoolStats, bool, int]:
-        return self._timed("create_pool", lambda: self.inner.create_pool(name, config, tasks))
+        return self._timed(
+            "create_pool", lambda: self.inner.create_pool(name, config, tasks, embeddings)
+        )
 
-    def add_tasks(self, name: str, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
-        return self._timed("add_tasks", lambda: self.inner.add_tasks(name, tasks))
+    def add_tasks(
+        self, name: str, tasks: Sequence[TaskSpec], embeddings: F32Array | None = None
+    ) -> tuple[int, int]:
+        return self._timed("add_tasks", lambda: self.inner.add_tasks(name, tasks, embeddings))
 
     def get_pool(self, name: str) -> PoolStats:
         return self._timed("get_pool", lambda: self.inner.get_pool(name))

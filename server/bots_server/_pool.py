@@ -35,14 +35,23 @@ from typing import Any
 import numpy as np
 from bots_core import (
     ACTIVE_STEPS,
+    DEFAULT_ESTIMATOR,
     MAX_TRIALS,
+    EmbeddingBasis,
+    EstimatorState,
     Evidence,
+    InvalidInputError,
+    PoolEstimator,
     PoolState,
     RunState,
     TaskSpec,
     aggregate,
     apply_step,
     check_counts,
+    check_graph_size,
+    estimator_at,
+    needs_estimator,
+    restore,
     run_offset,
     select_batch,
 )
@@ -68,6 +77,7 @@ from bots_server._model import (
 from bots_server._records import (
     AddTasks,
     Expire,
+    F32Array,
     FloatArray,
     IntArray,
     OpenSelection,
@@ -231,6 +241,10 @@ class PoolRuntime:
         self.run_seen: dict[str, tuple[float, float]] = {}  # run -> (first, last) record time
         # Sorted indices and their batch positions, per open selection (not persisted).
         self._members: dict[int, tuple[IntArray, IntArray]] = {}
+        # The similarity estimator of a pool that uses one (bots_core._pool_estimator),
+        # or its state as a checkpoint held it, until a step needs the graph built.
+        self.estimator: PoolEstimator | None = None
+        self.estimator_saved: EstimatorState | None = None
 
     # ------------------------------------------------------------ accessors
     @property
@@ -252,10 +266,22 @@ class PoolRuntime:
         done = 0
         while done < steps and self.pending:
             ev, run = self.pending[0]
-            apply_step(self._state, ev, run=run)
+            apply_step(self._state, ev, self._estimator() or DEFAULT_ESTIMATOR, run=run)
             self.pending.pop(0)
             done += 1
         return len(self.pending)
+
+    def _estimator(self) -> PoolEstimator | None:
+        """The estimator the next step applies with (built or rebuilt over every task if due)."""
+        if self.estimator is None and self.estimator_saved is not None:
+            self.estimator = restore(self._state, self.estimator_saved)
+            self.estimator_saved = None
+        self.estimator = estimator_at(self._state, self.estimator)
+        return self.estimator
+
+    def estimator_state(self) -> EstimatorState | None:
+        """A copy of the estimator's state for a checkpoint (None when it has none yet)."""
+        return self.estimator.to_state() if self.estimator is not None else self.estimator_saved
 
     @property
     def steps_applied(self) -> int:
@@ -283,7 +309,19 @@ class PoolRuntime:
         return self.next_deadline()
 
     # ------------------------------------------------------------ planning
-    def plan_add(self, specs: Sequence[TaskSpec], max_tasks: int, now: float) -> AddTasks | None:
+    def plan_add(
+        self,
+        specs: Sequence[TaskSpec],
+        max_tasks: int,
+        now: float,
+        embeddings: F32Array | None = None,
+    ) -> AddTasks | None:
+        """The record that adds the new ones of ``specs``, None when every key exists already.
+
+        ``embeddings`` are the specs' rows (validated by ``check_embeddings``),
+        or None. A key already in the pool is skipped; its embedding is not
+        compared.
+        """
         fresh = self._state.plan_add(specs)
         if not fresh:
             return None
@@ -292,7 +330,56 @@ class PoolRuntime:
             raise ResourceExhausted(
                 f"pool {short(self.name)} would hold {total} tasks; the limit is {max_tasks}"
             )
-        return AddTasks(now, columns_of(fresh))
+        cols = columns_of(fresh)
+        if needs_estimator(self._state.config):
+            try:
+                check_graph_size(total)
+            except InvalidInputError as exc:
+                raise FailedPrecondition(str(exc)) from None
+        if embeddings is None:
+            self._check_without_embeddings()
+            return AddTasks(now, cols)
+        basis = self._state.embedding_basis
+        if basis is None and self._state.task_count:
+            raise FailedPrecondition(
+                f"pool {short(self.name)} holds tasks without embeddings: a pool's tasks have "
+                "embeddings all or none (create a new pool to use them)"
+            )
+        if basis is not None and embeddings.shape[1] != basis.dim_in:
+            raise FailedPrecondition(
+                f"pool {short(self.name)} takes embeddings of dimension {basis.dim_in}, "
+                f"got {embeddings.shape[1]}"
+            )
+        first: dict[str, int] = {}
+        for j, spec in enumerate(specs):
+            first.setdefault(spec.key, j)
+        rows = embeddings[[first[s.key] for s in fresh]]
+        new = EmbeddingBasis.fit(rows) if basis is None else None
+        cols.embedding = (basis or new).codes(rows)  # type: ignore[union-attr]
+        return AddTasks(now, cols, new)
+
+    def _check_without_embeddings(self) -> None:
+        """FailedPrecondition when the pool needs embeddings for the tasks being added."""
+        st = self._state
+        if needs_estimator(st.config):
+            raise FailedPrecondition(
+                f"estimator {st.config.estimator.value!r} needs task embeddings: give every task "
+                "one (bots embed writes them into a task file; docs/similarity.md)"
+            )
+        if st.embedding_basis is not None:
+            raise FailedPrecondition(
+                f"pool {short(self.name)} holds tasks with embeddings: a pool's tasks have "
+                "embeddings all or none"
+            )
+
+    def add_columns(self, record: AddTasks) -> None:
+        """Appends the record's tasks (and the pool's embedding basis, when it brings one)."""
+        c = record.tasks
+        # Pending steps predate these tasks: apply them before the table grows.
+        state = self.engine()
+        if record.basis is not None:
+            state.embedding_basis = record.basis
+        state.extend_columns(c.keys, c.weak, c.strong, c.prior_alpha, c.prior_beta, c.embedding)
 
     def plan_select(
         self,
@@ -468,9 +555,7 @@ class PoolRuntime:
         self.now = max(self.now, record.time)
         result: SelectionView | ReportAck | None = None
         if isinstance(record, AddTasks):
-            c = record.tasks
-            # Pending steps predate these tasks: apply them before the table grows.
-            self.engine().extend_columns(c.keys, c.weak, c.strong, c.prior_alpha, c.prior_beta)
+            self.add_columns(record)
         elif isinstance(record, OpenSelection):
             n = len(record.indices)
             sel = Selection(record, np.zeros(n), np.zeros(n))

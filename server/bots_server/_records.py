@@ -22,21 +22,27 @@ from typing import Any, ClassVar, Union
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import InvalidInputError
+from bots_core import EmbeddingBasis, InvalidInputError
 
 from bots_server._columns import Columns
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
 
 
 @dataclasses.dataclass(frozen=True)
 class AddTasks:
-    """New tasks appended to the task table (already validated, keys not yet present)."""
+    """New tasks appended to the task table (already validated, keys not yet present).
+
+    ``basis`` is set on the first record that brings embeddings to a pool: the
+    reduction every later task's embedding goes through (its codes are in ``tasks``).
+    """
 
     TAG: ClassVar[int] = 1
     time: float
     tasks: Columns
+    basis: EmbeddingBasis | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +113,8 @@ def encode(record: Record) -> bytes:
             raw = np.ascontiguousarray(value, dtype=_ARRAY_DTYPES[f.name]).tobytes()
             header[f.name] = len(raw)
             body.append(raw)
-        elif isinstance(value, Columns):
-            raw = value.encode()
+        elif isinstance(value, (Columns, EmbeddingBasis)):
+            raw = value.encode() if isinstance(value, Columns) else value.to_bytes()
             header[f.name] = len(raw)
             body.append(raw)
         else:
@@ -127,6 +133,8 @@ def decode(data: bytes) -> Record:
         pos += hlen
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if f.name not in header and f.default is not dataclasses.MISSING:
+                continue  # a field newer than the record
             v = header[f.name]
             if f.name in _ARRAY_DTYPES:
                 raw = data[pos : pos + v]
@@ -136,6 +144,9 @@ def decode(data: bytes) -> Record:
                 )
             elif f.name == "tasks":
                 values[f.name] = Columns.decode(data[pos : pos + v])
+                pos += v
+            elif f.name == "basis" and v is not None:
+                values[f.name] = EmbeddingBasis.from_bytes(data[pos : pos + v])
                 pos += v
             else:
                 values[f.name] = v

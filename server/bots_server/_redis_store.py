@@ -252,10 +252,7 @@ class RedisStore(LogStore):
         if isinstance(record, AddTasks):
             st, first = rt.tasks, count // rk.TASK_CHUNK
             lo = first * rk.TASK_CHUNK
-            merged = Columns(
-                st.keys[lo:count], st.weak[lo:count], st.strong[lo:count],
-                st.alpha0[lo:count], st.beta0[lo:count],
-            ).concat(record.tasks)  # fmt: skip
+            merged = Columns.of_state(st, lo, count).concat(record.tasks)
             for j in range(0, len(merged), rk.TASK_CHUNK):
                 chunk_keys.append(keys.tasks(first + j // rk.TASK_CHUNK))
                 blobs.append(merged.slice(j, j + rk.TASK_CHUNK).encode())
@@ -313,7 +310,7 @@ class RedisStore(LogStore):
         st = runtime.tasks
         keys = rk.PoolKeys(runtime.name, runtime.incarnation)
         n = st.task_count
-        cols = Columns(st.keys, st.weak, st.strong, st.alpha0, st.beta0)
+        cols = Columns.of_state(st)
         blobs = [cols.slice(lo, lo + rk.TASK_CHUNK).encode() for lo in range(0, n, rk.TASK_CHUNK)]
         reply = self._scripts["create"](
             keys=[keys.meta, keys.ckpt, *keys.chunks(n)],

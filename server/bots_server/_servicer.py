@@ -60,16 +60,17 @@ class TaskSelectorServicer(pb_grpc.TaskSelectorServicer):
 
     @_rpc
     def CreatePool(self, request: pb.CreatePoolRequest, context: Any) -> pb.CreatePoolResponse:
-        config = cv.served_config(cv.config_from_pb(request.preset, request.config))
+        config = cv.config_from_pb(request.preset, request.config)
         tasks = [cv.task_from_pb(t) for t in request.tasks]
-        stats, created, added = self.store.create_pool(request.name, config, tasks)
+        embeddings = cv.embeddings_from_pb(request.tasks)
+        stats, created, added = self.store.create_pool(request.name, config, tasks, embeddings)
         return pb.CreatePoolResponse(pool=cv.stats_to_pb(stats), created=created, tasks_added=added)
 
     @_rpc
     def AddTasks(self, request: pb.AddTasksRequest, context: Any) -> pb.AddTasksResponse:
-        added, count = self.store.add_tasks(
-            request.pool, [cv.task_from_pb(t) for t in request.tasks]
-        )
+        tasks = [cv.task_from_pb(t) for t in request.tasks]
+        embeddings = cv.embeddings_from_pb(request.tasks)
+        added, count = self.store.add_tasks(request.pool, tasks, embeddings)
         return pb.AddTasksResponse(tasks_added=added, task_count=count)
 
     @_rpc
@@ -167,6 +168,7 @@ def _chunks(dump: PoolDump, size: int) -> Iterator[pb.PosteriorChunk]:
                         float(dump.strong[i]),
                         float(dump.prior_alpha[i]),
                         float(dump.prior_beta[i]),
+                        None if dump.embedding is None else dump.embedding[i],
                     ),
                     alpha=float(dump.alpha[i]),
                     beta=float(dump.beta[i]),

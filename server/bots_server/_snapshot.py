@@ -12,6 +12,7 @@ the task table in separate immutable chunks and writes images without it.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 from bots_core import (
     Diagnostics,
+    EmbeddingBasis,
+    EstimatorState,
     InvalidInputError,
     KeyTable,
     Lazy,
@@ -30,7 +33,7 @@ from bots_core import (
     RunState,
 )
 
-from bots_server._columns import Columns
+from bots_server._columns import Codes, Columns
 from bots_server._model import ReportAck, SelectionState
 from bots_server._pool import PoolRuntime, RequestMemo, Retention, Selection
 from bots_server._records import FloatArray, OpenSelection
@@ -54,10 +57,11 @@ class Image:
     engine_fields: dict[str, Any]
     alpha: FloatArray
     beta: FloatArray
-    tasks: tuple[KeyTable, FloatArray, FloatArray, FloatArray, FloatArray, int] | None
+    tasks: tuple[KeyTable, FloatArray, FloatArray, FloatArray, FloatArray, int, Codes | None] | None
     open: list[Selection]
     closed: list[Selection]
     memos: list[tuple[str, RequestMemo]]
+    estimator: EstimatorState | None = None
 
     @property
     def seq(self) -> int:
@@ -69,7 +73,15 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
     st = rt.engine()
     tasks = None
     if with_tasks:
-        tasks = (st.keys, st.weak, st.strong, st.alpha0, st.beta0, st.task_count)
+        tasks = (
+            st.keys,
+            st.weak,
+            st.strong,
+            st.alpha0,
+            st.beta0,
+            st.task_count,
+            st.embedding_codes,
+        )
     return Image(
         {
             "seq": rt.seq,
@@ -80,24 +92,14 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "run_seen": {r: list(v) for r, v in rt.run_seen.items()},
             "forgotten_runs": dict(rt.forgotten_runs),
         },
-        {
-            "name": st.name,
-            "config": st.config.to_dict(),
-            "n": st.task_count,
-            "capability": None if math.isnan(st.capability) else st.capability,
-            "steps_applied": st.steps_applied,
-            "selections_opened": st.selections_opened,
-            "recent_etr": list(st.recent_etr),
-            "diagnostics": st.diagnostics.to_json(),
-            "runs": {r: s.to_json() for r, s in st.runs.items()},
-            "lazy": st.lazy.to_json(),
-        },
+        st.header(),
         st.stored_alpha.copy(),
         st.stored_beta.copy(),
         tasks,
         list(rt.open.values()),
         list(rt.closed.values()),
         [*rt.standalone.items(), *rt.bound.items()],
+        rt.estimator_state(),
     )
 
 
@@ -106,8 +108,9 @@ def encode(image: Image) -> bytes:
     body: list[bytes] = [_f8(image.alpha), _f8(image.beta)]
     task_len = 0
     if image.tasks is not None:
-        keys, weak, strong, a0, b0, n = image.tasks
-        raw = Columns(keys[:n], weak[:n], strong[:n], a0[:n], b0[:n]).encode()
+        keys, weak, strong, a0, b0, n, codes = image.tasks
+        coded = None if codes is None else codes[:n]
+        raw = Columns(keys[:n], weak[:n], strong[:n], a0[:n], b0[:n], coded).encode()
         task_len = len(raw)
         body.append(raw)
     sels = []
@@ -125,7 +128,11 @@ def encode(image: Image) -> bytes:
          m.ack.posterior_version, m.selection, m.time]
         for rid, m in image.memos
     ]  # fmt: skip
+    est = image.estimator
+    if est is not None:
+        body += [_f8(est.sum_s), _f8(est.sum_t), _f8(est.p)]
     header = {
+        "estimator": None if est is None else _estimator_fields(est),
         "runtime": image.runtime_fields,
         "engine": image.engine_fields,
         "tasks": task_len,
@@ -201,10 +208,14 @@ def _decode(
     if tasks is None or len(tasks) < n:
         raise ValueError("the checkpoint's task table is missing")
     keys = tasks.keys if len(tasks) == n else tasks.keys[:n]
+    basis = None
+    if "embedding" in eng:
+        basis = EmbeddingBasis.from_bytes(base64.b64decode(eng["embedding"]))
+    codes = None if tasks.embedding is None else tasks.embedding[:n]
     state = PoolState.from_columns(
         eng["name"], PoolConfig.from_dict(eng["config"]), keys, tasks.weak[:n],
         tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n], alpha, beta,
-        Lazy.from_json(eng.get("lazy")),
+        Lazy.from_json(eng.get("lazy")), codes, basis,
     )  # fmt: skip
     a, b = state.alpha, state.beta
     if n and not (np.all(np.isfinite(a) & (a > 0)) and np.all(np.isfinite(b) & (b > 0))):
@@ -237,9 +248,35 @@ def _decode(
         ack = ReportAck(False, SelectionState(st_val), applied, version)
         memo = RequestMemo(digest, ack, selection, when)
         (rt.standalone if selection < 0 else rt.bound)[rid] = memo
+    est = h.get("estimator")  # None in images written before pools carried embeddings
+    if est is not None:
+        k = int(est["tasks"])
+        mse, both = est["mse"], est["combined_mse"]
+        rt.estimator_saved = EstimatorState(
+            k, int(est["origin"]), bool(est["observed"]),
+            math.nan if mse is None else float(mse),
+            None if not est["combined"] else math.nan if both is None else float(both),
+            f8(k), f8(k), f8(k),
+        )  # fmt: skip
     if pos != len(body):
         raise ValueError("trailing bytes after the checkpoint")
     return rt
+
+
+def _estimator_fields(est: EstimatorState) -> dict[str, Any]:
+    """The scalars of an estimator's state as JSON values (NaN as null)."""
+
+    def num(x: float | None) -> float | None:
+        return None if x is None or math.isnan(x) else x
+
+    return {
+        "tasks": est.tasks,
+        "origin": est.origin,
+        "observed": est.observed,
+        "mse": num(est.mse),
+        "combined": est.combined_mse is not None,
+        "combined_mse": num(est.combined_mse),
+    }
 
 
 def _f8(a: FloatArray) -> bytes:

@@ -9,13 +9,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from bots_core import MAX_KEY_BYTES, PoolConfig, PoolState, TaskSpec
+from bots_core import (
+    MAX_KEY_BYTES,
+    EmbeddingBasis,
+    InvalidInputError,
+    PoolConfig,
+    PoolState,
+    TaskSpec,
+    check_graph_size,
+    needs_estimator,
+)
 
-from bots_server._errors import InvalidArgument, ResourceExhausted
+from bots_server._errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from bots_server._model import OutcomeIn, PoolHeaderView, PoolStats, ReportAck, SelectionView
 from bots_server._pool import check_pool_name
 
 FloatArray = npt.NDArray[np.float64]
+F32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,8 @@ class PoolDump:
     prior_beta: FloatArray
     alpha: FloatArray
     beta: FloatArray
+    # Stored embeddings (codes times the pool's scale), None for a pool without them.
+    embedding: F32Array | None = None
 
     @classmethod
     def of_state(cls, st: PoolState, selections_opened: int) -> PoolDump:
@@ -37,9 +49,13 @@ class PoolDump:
         header = PoolHeaderView(
             st.name, st.config, st.task_count, st.steps_applied, st.capability, selections_opened
         )
+        codes, basis = st.embedding_codes, st.embedding_basis
+        emb = None
+        if codes is not None and basis is not None:
+            emb = codes.astype(np.float32) * np.float32(basis.scale)
         return cls(
             header, list(st.keys), st.weak.copy(), st.strong.copy(), st.alpha0.copy(),
-            st.beta0.copy(), st.alpha.copy(), st.beta.copy(),
+            st.beta0.copy(), st.alpha.copy(), st.beta.copy(), emb,
         )  # fmt: skip
 
     def to_state(self, max_tasks: int) -> PoolState:
@@ -58,6 +74,7 @@ class PoolDump:
         for label, arr in (("alpha", self.alpha), ("beta", self.beta)):
             if n and not (np.all(np.isfinite(arr)) and np.all(arr > 0)):
                 raise InvalidArgument(f"import has a non-finite or non-positive {label}")
+        self._embed(state)
         state.alpha = np.array(self.alpha, dtype=np.float64)
         state.beta = np.array(self.beta, dtype=np.float64)
         if not (math.isnan(h.capability) or math.isfinite(h.capability)):
@@ -66,6 +83,30 @@ class PoolDump:
         state.steps_applied = h.steps_applied
         state.selections_opened = h.selections_opened
         return state
+
+    def _embed(self, state: PoolState) -> None:
+        """Gives ``state`` the dump's embeddings, reduced as a new pool's would be.
+
+        Exported embeddings are already reduced (at most 32 wide), so the
+        import keeps them as they are and finds the same int8 codes.
+        """
+        emb = self.embedding
+        if emb is None:
+            if needs_estimator(state.config):
+                raise FailedPrecondition(
+                    f"estimator {state.config.estimator.value!r} needs task embeddings, and "
+                    "this import has none"
+                )
+            return
+        if emb.shape[0] != state.task_count:
+            raise InvalidArgument("import embeddings and tasks differ in number")
+        if needs_estimator(state.config):
+            try:
+                check_graph_size(state.task_count)
+            except InvalidInputError as exc:
+                raise FailedPrecondition(str(exc)) from None
+        basis = EmbeddingBasis.fit(emb)
+        state.set_embeddings(basis, basis.codes(emb))
 
     def _fast_state(self) -> PoolState | None:
         """The state from whole columns when every task is valid (vectorised checks), else None."""
@@ -117,12 +158,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def create_pool(
-        self, name: str, config: PoolConfig, tasks: Sequence[TaskSpec]
+        self,
+        name: str,
+        config: PoolConfig,
+        tasks: Sequence[TaskSpec],
+        embeddings: F32Array | None = None,
     ) -> tuple[PoolStats, bool, int]:
-        """Creates a pool; returns (stats, created, tasks added)."""
+        """Creates a pool; returns (stats, created, tasks added).
+
+        ``embeddings``: one validated row per spec (``bots_core.check_embeddings``), or None.
+        """
 
     @abc.abstractmethod
-    def add_tasks(self, name: str, tasks: Sequence[TaskSpec]) -> tuple[int, int]:
+    def add_tasks(
+        self, name: str, tasks: Sequence[TaskSpec], embeddings: F32Array | None = None
+    ) -> tuple[int, int]:
         """Adds tasks; returns (added, task count)."""
 
     @abc.abstractmethod

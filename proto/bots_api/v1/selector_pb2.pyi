@@ -69,18 +69,20 @@ class PoolConfig(_message.Message):
     def __init__(self, forgetting: _Optional[float] = ..., implicit_weight: _Optional[float] = ..., pseudo_rollouts: _Optional[float] = ..., target: _Optional[float] = ..., momentum: _Optional[float] = ..., mode: _Optional[_Union[SelectionMode, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., selection_wait_seconds: _Optional[float] = ..., min_reference_gap: _Optional[float] = ..., estimator: _Optional[_Union[EstimatorKind, str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("key", "weak", "strong", "prior_alpha", "prior_beta")
+    __slots__ = ("key", "weak", "strong", "prior_alpha", "prior_beta", "embedding")
     KEY_FIELD_NUMBER: _ClassVar[int]
     WEAK_FIELD_NUMBER: _ClassVar[int]
     STRONG_FIELD_NUMBER: _ClassVar[int]
     PRIOR_ALPHA_FIELD_NUMBER: _ClassVar[int]
     PRIOR_BETA_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     key: str
     weak: float
     strong: float
     prior_alpha: float
     prior_beta: float
-    def __init__(self, key: _Optional[str] = ..., weak: _Optional[float] = ..., strong: _Optional[float] = ..., prior_alpha: _Optional[float] = ..., prior_beta: _Optional[float] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, key: _Optional[str] = ..., weak: _Optional[float] = ..., strong: _Optional[float] = ..., prior_alpha: _Optional[float] = ..., prior_beta: _Optional[float] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class CreatePoolRequest(_message.Message):
     __slots__ = ("name", "preset", "config", "tasks")
