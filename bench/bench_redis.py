@@ -22,7 +22,16 @@ import uuid
 import grpc
 import numpy as np
 import redis
-from bench_selector import OUT, ROLLOUTS, B, free_port, make_rates, progress, timings
+from bench_selector import (
+    OUT,
+    ROLLOUTS,
+    B,
+    free_port,
+    make_rates,
+    progress,
+    server_rss,
+    timings,
+)
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
 from bots_server import _redis_keys as rk
@@ -181,6 +190,7 @@ def main() -> int:
             for n in (int(x) for x in args.sizes.split(",")):
                 progress(f"N={n:,}: filling the embedded and the Redis pool")
                 name = f"bench-{n}"
+                rss0 = {p: server_rss(p) for p in (emb, r1)}
                 fill_pool(emb_addr, name, n)
                 fill_pool(a1, name, n)
                 progress(f"N={n:,}: SelectBatch x{args.reps} per configuration")
@@ -192,6 +202,7 @@ def main() -> int:
                 rate = report_throughput([a1, a2], name, n, 8, args.report_seconds)
                 stub(a1).GetPool(pb.GetPoolRequest(pool=name), timeout=300)
                 per_task, usage = bytes_per_task(rport, name, n)
+                grown = {p: (server_rss(p) - rss0[p]) / n for p in (emb, r1)}
                 rows[n] = {
                     "embedded_p50": float(np.median(emb_t)),
                     "embedded_p99": float(np.percentile(emb_t, 99)),
@@ -201,6 +212,8 @@ def main() -> int:
                     "redis2_p99": float(np.percentile(two_t, 99)),
                     "reports_per_s": rate,
                     "bytes_per_task": per_task,
+                    "embedded_rss_per_task": grown[emb],
+                    "replica_rss_per_task": grown[r1],
                     "memory_usage": usage,
                 }
         finally:
@@ -211,8 +224,9 @@ def main() -> int:
             rproc.wait(timeout=30)
     lines = [
         "| N tasks | SelectBatch embedded p50 / p99 | Redis, 1 replica p50 / p99 | Redis, 2 replicas "
-        "p50 / p99 | Redis / embedded (p50) | ReportOutcomes/s (8 clients) | Redis bytes/task |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "p50 / p99 | Redis / embedded (p50) | ReportOutcomes/s (8 clients) | Redis bytes/task "
+        "| server RSS/task, embedded / replica |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, r in rows.items():
         lines.append(
@@ -220,7 +234,8 @@ def main() -> int:
             f"| {r['redis1_p50']:.1f} / {r['redis1_p99']:.1f} ms "
             f"| {r['redis2_p50']:.1f} / {r['redis2_p99']:.1f} ms "
             f"| {r['redis1_p50'] / r['embedded_p50']:.2f}x | {r['reports_per_s']:.0f} "
-            f"| {r['bytes_per_task']:.1f} |"
+            f"| {r['bytes_per_task']:.1f} "
+            f"| {r['embedded_rss_per_task']:.0f} / {r['replica_rss_per_task']:.0f} B |"
         )
     md = "\n".join(lines)
     print(md)

@@ -13,14 +13,16 @@ with a baseline measured in the same run. Writes ``bench/out/scale.md`` and
   ``InterpolationBetaPREstimator.predict_pr(do_sample=True)`` + top-k, the
   steps of its ``DifficultyBasedSelector.get_indices`` (loaded from the
   installed ``trinity-rft`` wheel when present), and (d) the floor: 2N Gamma
-  draws by the kernel alone.
+  draws by the kernel alone on one thread, by numpy on one thread, and by
+  torch's vectorised ``_standard_gamma`` on its own threads (when torch is
+  installed).
 * growth: one AddTasks of 10k tasks through the embedded store at 0.2M, 0.4M,
   0.8M tasks (journal record included).
 * replica: a fresh process with a ``RedisStore`` serves its first SelectBatch
   of an N-task pool (checkpoint image + task chunks loaded); RSS per task.
 * gRPC: ``bots serve`` (embedded store) answers SelectBatch for the same kind
   of pool, imported; its p50 is compared with Trinity-RFT's in-process select
-  of the same run.
+  of the same run. ReportOutcomes p50 and the server's RSS growth per task.
 """
 
 from __future__ import annotations
@@ -129,6 +131,16 @@ def trinity_select_fn(state: PoolState) -> Callable[[], object] | None:
     return run
 
 
+def torch_gammas_fn(shapes: np.ndarray) -> Callable[[], object] | None:
+    """torch's vectorised Gamma sampler over ``shapes`` (its own threads), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    x = torch.from_numpy(shapes)
+    return lambda: torch._standard_gamma(x)
+
+
 def bench_select(n: int, reps: int) -> dict[str, float]:
     progress(f"select N={n:,}: building the pool")
     state = big_state(n)
@@ -157,6 +169,9 @@ def bench_select(n: int, reps: int) -> dict[str, float]:
     row["numpy_gammas_2n_1thread"] = float(
         np.median(timings(lambda: rng.standard_gamma(f32, dtype=np.float32), max(3, reps // 3)))
     )
+    torch_gamma = torch_gammas_fn(shapes)
+    if torch_gamma is not None:
+        row["torch_gammas_2n"] = float(np.median(timings(torch_gamma, max(3, reps // 3))))
     picked = rng.choice(n, B, replace=False)
     ev = aggregate(state, [(state.keys[i], float(rng.integers(0, 17)), 16.0) for i in picked])
     row["update"] = float(np.median(timings(lambda: apply_step(state, ev), reps)))
@@ -210,8 +225,10 @@ PROBE = """
 import os, sys, time, psutil
 sys.path[:0] = {paths!r}
 from bots_core._select import warm_up_kernel
+from bots_server._memory import return_large_blocks
 from bots_server._redis_store import RedisStore
-warm_up_kernel().join()  # as `bots serve` does when it starts, before any pool is loaded
+return_large_blocks()  # as `bots serve` does when it starts, before any pool is loaded
+warm_up_kernel().join()
 proc = psutil.Process()
 store = RedisStore({url!r})
 rss0 = proc.memory_info().rss
@@ -285,17 +302,19 @@ def main() -> int:
 
     lines = [
         "| N tasks | select: kernel | numpy chunked (replaced) | naive rng.beta | Trinity-RFT "
-        "| kernel vs numpy chunked | 2N Gammas, kernel 1 thread / numpy 1 thread "
+        "| kernel vs numpy chunked | 2N Gammas: kernel 1 thread / numpy 1 thread / torch "
         "| update | create / export / import |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n, r in rows.items():
         trin = f"{r['trinity_select']:.1f} ms" if "trinity_select" in r else "n/a"
+        torch_ms = f"{r['torch_gammas_2n']:.1f}" if "torch_gammas_2n" in r else "n/a"
         lines.append(
             f"| {n:,} | {r['kernel_select']:.1f} ms | {r['numpy_chunked_select']:.1f} ms "
             f"| {r['naive_select']:.1f} ms | {trin} "
             f"| {r['numpy_chunked_select'] / r['kernel_select']:.2f}x faster "
-            f"| {r['kernel_gammas_2n_1thread']:.1f} / {r['numpy_gammas_2n_1thread']:.1f} ms "
+            f"| {r['kernel_gammas_2n_1thread']:.1f} / {r['numpy_gammas_2n_1thread']:.1f} "
+            f"/ {torch_ms} ms "
             f"| {r['update']:.1f} ms "
             f"| {r['create_s']:.2f} / {r['export_s']:.2f} / {r['import_s']:.2f} s |"
         )
@@ -303,15 +322,16 @@ def main() -> int:
         lines += [
             "",
             "| N tasks | SelectBatch over gRPC p50 / p99 (embedded store) | Trinity-RFT in process "
-            "| gRPC p50 / Trinity |",
-            "|---:|---:|---:|---:|",
+            "| gRPC p50 / Trinity | ReportOutcomes p50 | server RSS/task |",
+            "|---:|---:|---:|---:|---:|---:|",
         ]
         for n, g in networked.items():
             trin_ms = rows.get(n, {}).get("trinity_select")
             ratio = f"{g['grpc_select_p50'] / trin_ms:.2f}x" if trin_ms else "n/a"
             lines.append(
                 f"| {n:,} | {g['grpc_select_p50']:.1f} / {g['grpc_select_p99']:.1f} ms "
-                f"| {f'{trin_ms:.1f} ms' if trin_ms else 'n/a'} | {ratio} |"
+                f"| {f'{trin_ms:.1f} ms' if trin_ms else 'n/a'} | {ratio} "
+                f"| {g['grpc_report_p50']:.1f} ms | {g['server_rss_per_task']:.0f} B |"
             )
     if growth:
         lines += [

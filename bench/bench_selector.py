@@ -140,6 +140,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_rss(proc: subprocess.Popen[bytes]) -> int:
+    """Resident set of a server process, in bytes."""
+    import psutil
+
+    return int(psutil.Process(proc.pid).memory_info().rss)
+
+
 def bench_grpc(n: int, reps: int) -> dict[str, float]:
     port = free_port()
     with tempfile.TemporaryDirectory() as data:
@@ -162,6 +169,7 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
                 grpc.channel_ready_future(ch).result(timeout=30)
                 stub = selector_pb2_grpc.TaskSelectorStub(ch)
                 # The same pool (posteriors included) as the engine benchmark, via import.
+                rss0 = server_rss(proc)
                 progress(f"gRPC N={n:,}: importing the benchmark pool")
                 stub.ImportPosteriors(import_chunks(make_state(n)), timeout=600)
                 progress(f"gRPC N={n:,}: SelectBatch x{reps}")
@@ -189,6 +197,7 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
 
                 progress(f"gRPC N={n:,}: ReportOutcomes x{reps}")
                 rep = timings(report, reps)
+                rss_per_task = (server_rss(proc) - rss0) / n
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -197,6 +206,7 @@ def bench_grpc(n: int, reps: int) -> dict[str, float]:
         "grpc_select_p99": float(np.percentile(sel, 99)),
         "grpc_report_p50": float(np.median(rep)),
         "grpc_report_p99": float(np.percentile(rep, 99)),
+        "server_rss_per_task": rss_per_task,
     }
 
 

@@ -21,6 +21,7 @@ from bots_core._errors import (
 from bots_core._keys import KeyIndex, KeyTable
 from bots_core._pool_estimator import (
     PoolEstimator,
+    check_graph_size,
     estimator_at,
     graph_of_codes,
     needs_estimator,
@@ -90,6 +91,7 @@ __all__ = [
     "beta_draws",
     "check_counts",
     "check_embeddings",
+    "check_graph_size",
     "estimator_at",
     "graph_of_codes",
     "needs_estimator",

@@ -50,6 +50,19 @@ def _one_faiss_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
+def check_graph_size(tasks: int) -> None:
+    """Raises InvalidInputError when a graph of ``tasks`` tasks needs faiss and it is missing."""
+    if tasks <= EXACT_LIMIT:
+        return
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        raise InvalidInputError(
+            f"the similarity estimator needs faiss for pools above {EXACT_LIMIT} tasks, and this "
+            "server has none: pip install 'bots-selector[similarity]'"
+        ) from None
+
+
 def graph_of_codes(codes: Codes, k: int = DEFAULT_K) -> NeighbourGraph:
     """The neighbour graph of int8 embedding codes (N, d <= 32), the same on every machine."""
     x = np.ascontiguousarray(codes, dtype=np.float32)

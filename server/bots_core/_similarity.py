@@ -81,7 +81,7 @@ class EstimatorState:
         mse: The similarity estimate's tracked squared error (NaN before any).
         combined_mse: The interpolation's tracked error in a CombinedEstimator;
             None for a SimilarityEstimator alone.
-        sum_s: Scaled, kernel-weighted neighbour successes per task.
+        sum_s: Scaled, kernel-weighted successes per task (its own and its neighbours').
         sum_t: The same for trials.
         p: p~ per task as maintained (sum_s / sum_t where sum_t > 0, else 0.5).
     """

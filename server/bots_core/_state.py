@@ -533,9 +533,9 @@ class PoolState:
         return math.fsum(self.recent_etr) / len(self.recent_etr) if self.recent_etr else math.nan
 
     # --------------------------------------------------------- serialisation
-    def to_bytes(self) -> bytes:
-        """Serialises the whole state (config included)."""
-        header = {
+    def header(self) -> dict[str, Any]:
+        """The pool-level fields of the state as JSON values (what :meth:`to_bytes` and checkpoints write)."""
+        header: dict[str, Any] = {
             "name": self.name,
             "config": self.config.to_dict(),
             "n": self.task_count,
@@ -547,9 +547,14 @@ class PoolState:
             "runs": {r: s.to_json() for r, s in self.runs.items()},
             "lazy": self.lazy.to_json(),
         }
-        codes = self.embedding_codes
         if self.embedding_basis is not None:
             header["embedding"] = base64.b64encode(self.embedding_basis.to_bytes()).decode()
+        return header
+
+    def to_bytes(self) -> bytes:
+        """Serialises the whole state (config included)."""
+        header = self.header()
+        codes = self.embedding_codes
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         blob, key_lengths = self.keys.to_bytes()
         lengths = key_lengths.astype("<u4")

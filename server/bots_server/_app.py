@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from bots_server._auth import AuthInterceptor, tokens_from_settings
 from bots_server._embedded import EmbeddedStore
+from bots_server._memory import return_large_blocks
 from bots_server._metrics import InstrumentedStore, MetricsHttpServer, ServerMetrics
 from bots_server._pool import Retention
 from bots_server._servicer import TaskSelectorServicer
@@ -158,6 +159,7 @@ def start_server(settings: ServerSettings, store: Store | None = None) -> Runnin
         RuntimeError: a port cannot be bound, or the TLS or token settings are
             unusable (checked before the store is opened).
     """
+    return_large_blocks()  # freed load buffers leave the resident set (bots_server._memory)
     warm_up_kernel()  # the compiled draw loads while the rest starts
     creds = server_credentials(
         settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file

@@ -40,6 +40,7 @@ from bots_core import (
     EmbeddingBasis,
     EstimatorState,
     Evidence,
+    InvalidInputError,
     PoolEstimator,
     PoolState,
     RunState,
@@ -47,6 +48,7 @@ from bots_core import (
     aggregate,
     apply_step,
     check_counts,
+    check_graph_size,
     estimator_at,
     needs_estimator,
     restore,
@@ -329,6 +331,11 @@ class PoolRuntime:
                 f"pool {short(self.name)} would hold {total} tasks; the limit is {max_tasks}"
             )
         cols = columns_of(fresh)
+        if needs_estimator(self._state.config):
+            try:
+                check_graph_size(total)
+            except InvalidInputError as exc:
+                raise FailedPrecondition(str(exc)) from None
         if embeddings is None:
             self._check_without_embeddings()
             return AddTasks(now, cols)

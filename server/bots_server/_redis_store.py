@@ -18,8 +18,6 @@ on a Redis Cluster. See docs/redis.md.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -43,6 +41,7 @@ from bots_server import _redis_keys as rk
 from bots_server._columns import Columns
 from bots_server._errors import DataLoss, NotFound, ResourceExhausted, StoreUnavailable, short
 from bots_server._logstore import Conflict, LogStore, PoolHandle
+from bots_server._memory import release_free_memory
 from bots_server._pool import PoolRuntime, Retention
 from bots_server._records import AddTasks, Record, decode, encode
 from bots_server._snapshot import CorruptImage, capture
@@ -82,26 +81,6 @@ class _Replica(PoolHandle):
         super().__init__(name, None)
         self.keys: rk.PoolKeys | None = None
         self.ckpt_seq = 0
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-def release_free_memory() -> None:
-    """Hands memory the process freed back to the OS (glibc ``malloc_trim``; else nothing).
-
-    Loading a pool decodes replies about as big as its arrays; without this
-    the freed buffers stay in the process's resident set.
-    """
-    libc = _libc()
-    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is not None:
-        trim(0)
 
 
 def _entry(entry: Any) -> tuple[int, Record]:

@@ -82,20 +82,6 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             st.task_count,
             st.embedding_codes,
         )
-    engine = {
-        "name": st.name,
-        "config": st.config.to_dict(),
-        "n": st.task_count,
-        "capability": None if math.isnan(st.capability) else st.capability,
-        "steps_applied": st.steps_applied,
-        "selections_opened": st.selections_opened,
-        "recent_etr": list(st.recent_etr),
-        "diagnostics": st.diagnostics.to_json(),
-        "runs": {r: s.to_json() for r, s in st.runs.items()},
-        "lazy": st.lazy.to_json(),
-    }
-    if st.embedding_basis is not None:
-        engine["embedding"] = base64.b64encode(st.embedding_basis.to_bytes()).decode()
     return Image(
         {
             "seq": rt.seq,
@@ -106,7 +92,7 @@ def capture(rt: PoolRuntime, *, with_tasks: bool) -> Image:
             "run_seen": {r: list(v) for r, v in rt.run_seen.items()},
             "forgotten_runs": dict(rt.forgotten_runs),
         },
-        engine,
+        st.header(),
         st.stored_alpha.copy(),
         st.stored_beta.copy(),
         tasks,

@@ -12,9 +12,11 @@ import numpy.typing as npt
 from bots_core import (
     MAX_KEY_BYTES,
     EmbeddingBasis,
+    InvalidInputError,
     PoolConfig,
     PoolState,
     TaskSpec,
+    check_graph_size,
     needs_estimator,
 )
 
@@ -98,6 +100,11 @@ class PoolDump:
             return
         if emb.shape[0] != state.task_count:
             raise InvalidArgument("import embeddings and tasks differ in number")
+        if needs_estimator(state.config):
+            try:
+                check_graph_size(state.task_count)
+            except InvalidInputError as exc:
+                raise FailedPrecondition(str(exc)) from None
         basis = EmbeddingBasis.fit(emb)
         state.set_embeddings(basis, basis.codes(emb))
 

@@ -127,6 +127,18 @@ def start(tmp_path: Path, redis_url: str = "") -> RunningServer:
     )
 
 
+def continue_on(server: RunningServer, replay: Replay, steps: range) -> None:
+    """Takes ``steps`` on ``server`` and in ``replay``, compares, and stops the server."""
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = pb_grpc.TaskSelectorStub(ch)
+            for step in steps:
+                replay.step(select_and_report(stub, step), KEYS)
+            assert_same(stub, replay)
+    finally:
+        server.stop(grace=0)
+
+
 @pytest.fixture
 def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
     proc = RedisProcess(tmp_path / "redis").start()
@@ -180,15 +192,7 @@ def test_embedded_pool_restarts_from_its_snapshot_and_continues_identically(tmp_
         server.stop(grace=0)
     image = decode_image((tmp_path / "data/pools/p/snapshot.bin").read_bytes(), Retention())
     assert image.estimator_saved is not None and image.estimator_saved.observed
-    server = start(tmp_path)
-    try:
-        with grpc.insecure_channel(server.address) as ch:
-            stub = pb_grpc.TaskSelectorStub(ch)
-            for step in range(6, 12):
-                replay.step(select_and_report(stub, step), KEYS)
-            assert_same(stub, replay)
-    finally:
-        server.stop(grace=0)
+    continue_on(start(tmp_path), replay, range(6, 12))
 
 
 def test_redis_replicas_agree_and_a_new_one_continues_from_the_checkpoint(tmp_path, redis_proc):
@@ -210,15 +214,8 @@ def test_redis_replicas_agree_and_a_new_one_continues_from_the_checkpoint(tmp_pa
     finally:
         a.stop(grace=0)
         b.stop(grace=0)
-    c = start(tmp_path / "c", redis_proc.url)  # loads the checkpoint image, then the log tail
-    try:
-        with grpc.insecure_channel(c.address) as cc:
-            sc = pb_grpc.TaskSelectorStub(cc)
-            for step in range(8, 12):
-                replay.step(select_and_report(sc, step), KEYS)
-            assert_same(sc, replay)
-    finally:
-        c.stop(grace=0)
+    # A fresh replica loads the checkpoint image, then the log after it.
+    continue_on(start(tmp_path / "c", redis_proc.url), replay, range(8, 12))
 
 
 def _add(stub: pb_grpc.TaskSelectorStub, msgs: list[pb.Task], create: bool) -> None:
@@ -297,3 +294,21 @@ def test_an_exported_similarity_pool_imports_with_the_same_codes(stub):
         stub.ImportPosteriors(iter(without))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "needs task embeddings" in err.value.details()
+
+
+def test_a_pool_too_large_for_the_exact_search_is_refused_without_faiss(stub, monkeypatch):
+    import sys
+
+    import bots_core._pool_estimator as pe
+
+    monkeypatch.setattr(pe, "EXACT_LIMIT", 20)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, tasks(KEYS[:30], ROWS[:30], False), create=True)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs faiss" in err.value.details()
+    _add(stub, tasks(KEYS[:20], ROWS[:20], False), create=True)
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, tasks(KEYS[20:], ROWS[20:], False), create=False)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.task_count == 20

@@ -172,3 +172,35 @@ def test_similarity_without_embeddings_is_refused():
                          np.ones(2), np.ones(2))  # fmt: skip
     with pytest.raises(InvalidInputError, match="needs task embeddings"):
         estimator_at(state, None)
+
+
+def test_above_the_exact_limit_faiss_builds_one_graph_whatever_the_threads(monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    import bots_core._pool_estimator as pe
+
+    monkeypatch.setattr(pe, "EXACT_LIMIT", 100)
+    rng = np.random.default_rng(8)
+    centres = rng.integers(-100, 100, size=(40, 32))
+    codes = np.clip(centres[np.arange(600) % 40] + rng.integers(-9, 10, size=(600, 32)), -127, 127)
+    codes = codes.astype(np.int8)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        a = pe.graph_of_codes(codes, 8)
+        b = pe.graph_of_codes(codes, 8)
+        assert faiss.omp_get_max_threads() == 2  # the one-thread build put it back
+    finally:
+        faiss.omp_set_num_threads(before)
+    np.testing.assert_array_equal(a.neighbours, b.neighbours)
+    np.testing.assert_array_equal(a.weights, b.weights)
+
+
+def test_a_pool_above_the_exact_limit_needs_faiss(monkeypatch):
+    import sys
+
+    from bots_core import check_graph_size
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` fails
+    check_graph_size(10_000)
+    with pytest.raises(InvalidInputError, match="needs faiss"):
+        check_graph_size(10_001)

@@ -4,41 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "similarity.md"
-
-
-def doc_block() -> str:
-    """The bash block right after the ``<!-- doc-test -->`` marker."""
-    _, marker, tail = DOC.read_text(encoding="utf-8").partition("<!-- doc-test -->")
-    assert marker, "docs/similarity.md has no <!-- doc-test --> block"
-    match = re.match(r"\s*```bash\n(.*?)```", tail, re.S)
-    assert match, "no bash block right after the marker"
-    return match.group(1)
+from doc_blocks import doc_block, run_block
 
 
 def test_the_similarity_page_commands_run_as_written(tmp_path: Path) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shim = bin_dir / "bots"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bots_server "$@"\n', encoding="utf-8")
-    shim.chmod(0o755)
-    work = tmp_path / "work"
-    work.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    out = subprocess.run(
-        ["bash", "-e", "-c", doc_block()],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    out = run_block(doc_block("similarity.md"), tmp_path, dict(os.environ))
     assert out.returncode == 0, out.stderr[-4000:]
+    work = tmp_path / "work"
     rows = [json.loads(line) for line in (work / "tasks.jsonl").read_text().splitlines()]
     assert [len(r["embedding"]) for r in rows] == [2, 2, 2, 2]
     report = (work / "sim-similarity" / "report.md").read_text(encoding="utf-8")
