@@ -142,6 +142,7 @@ def prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None = None) -> 
 
 
 def _prepare(cfg: Config, workdir: Path, log: Any, cache: Path | None) -> dict[str, Any]:
+    """The warm-up, the pool and held-out problems and the measured rates (see :func:`prepare`)."""
     import policy
     import torch
     import world
