@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _LUA = Path(__file__).with_name("lua")
 _SCRIPTS = ("create", "append", "checkpoint", "delete")
+# Socket timeout of the calls that carry a pool's tasks or a checkpoint (seconds).
+BULK_TIMEOUT = 300.0
 
 
 def _redis_errors(fn: Callable[..., T]) -> Callable[..., T]:
@@ -117,11 +119,18 @@ class RedisStore(LogStore):
             "retry": retry,
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         }
+        # Scripts that carry a whole pool (create), task chunks (AddTasks) or a
+        # checkpoint image can take seconds at 10M tasks: they use a client whose
+        # timeout fits them, so that a slow but successful call is not retried.
+        bulk = {**common, "socket_timeout": max(timeout, BULK_TIMEOUT)}
         self.r: Any
+        self._bulk: Any
         if cluster:
             self.r = redis.cluster.RedisCluster.from_url(url, **common)
+            self._bulk = redis.cluster.RedisCluster.from_url(url, **bulk)
         else:
             self.r = redis.Redis.from_url(url, health_check_interval=5, **common)
+            self._bulk = redis.Redis.from_url(url, health_check_interval=5, **bulk)
         self.checkpoint_every = max(1, checkpoint_every)
         self._scripts = {
             name: self.r.register_script((_LUA / f"{name}.lua").read_text()) for name in _SCRIPTS
@@ -264,6 +273,7 @@ class RedisStore(LogStore):
                 keys.incarnation, rt.seq, encode(record),
                 "inf" if math.isinf(deadline) else repr(deadline), count, *blobs,
             ],
+            client=self._bulk if blobs else self.r,
         )  # fmt: skip
         if reply[0] == b"err":
             if reply[1] == b"gone":
@@ -299,6 +309,7 @@ class RedisStore(LogStore):
                 self._scripts["checkpoint"](
                     keys=[keys.meta, keys.ckpt, keys.log],
                     args=[keys.incarnation, image.seq, encode_image(image)],
+                    client=self._bulk,
                 )
             except redis.RedisError as exc:  # the log still holds everything
                 log.warning("checkpoint of %s failed: %s", keys.pool, exc)
@@ -318,8 +329,11 @@ class RedisStore(LogStore):
                 keys.incarnation, json.dumps(st.config.to_dict(), sort_keys=True), n,
                 encode_image(capture(runtime, with_tasks=False)), *blobs,
             ],
+            client=self._bulk,
         )  # fmt: skip
-        if reply[0] == b"existing":
+        # An incarnation of our own means that an earlier try of this very call
+        # wrote the pool and its reply was lost: the pool is ours.
+        if reply[0] == b"existing" and reply[1] != keys.incarnation.encode():
             return False
         h = _Replica(runtime.name)
         h.keys, h.runtime = keys, runtime
@@ -374,3 +388,5 @@ class RedisStore(LogStore):
         self._stop_applier()
         with contextlib.suppress(redis.RedisError):
             self.r.close()
+        with contextlib.suppress(redis.RedisError):
+            self._bulk.close()

@@ -12,6 +12,9 @@ class TcpProxy:
 
     ``drop_all()`` closes every open connection at once, on both sides, as a
     network fault would: in the middle of whatever request is in flight.
+    ``lose_next_reply(over)`` cuts the connection that next sent more than
+    ``over`` bytes upstream when its reply comes back, without passing the
+    reply on: the request was carried out, its answer is lost.
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -22,6 +25,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._closed = False
         self.drops = 0
+        self._lose_over: int | None = None
+        self.replies_lost = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -42,12 +47,23 @@ class TcpProxy:
                     server.close()
                     return
                 self._conns |= {client, server}
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            sent = [0]  # bytes this connection has sent upstream
+            for a, b, up in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up, sent), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool, sent: list[int]) -> None:
         try:
             while data := src.recv(65536):
+                if up:
+                    sent[0] += len(data)
+                else:
+                    with self._lock:
+                        lose = self._lose_over is not None and sent[0] > self._lose_over
+                        if lose:
+                            self._lose_over = None
+                            self.replies_lost += 1
+                    if lose:
+                        return  # both sockets close below; the reply is not passed on
                 dst.sendall(data)
         except OSError:
             pass
@@ -61,6 +77,11 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+    def lose_next_reply(self, over: int) -> None:
+        """Loses the reply to the next connection that has sent more than ``over`` bytes."""
+        with self._lock:
+            self._lose_over = over
 
     def drop_all(self) -> int:
         """Cuts every open connection; returns how many sockets were closed."""
