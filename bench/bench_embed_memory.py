@@ -27,8 +27,10 @@ PROBE = """
 import sys, psutil
 sys.path[:0] = {paths!r}
 from bots_core._select import warm_up_kernel
+from bots_server._memory import release_free_memory, return_large_blocks
 from bots_server._model import OutcomeIn
-from bots_server._redis_store import RedisStore, release_free_memory
+from bots_server._redis_store import RedisStore
+return_large_blocks()  # as `bots serve` does when it starts
 warm_up_kernel().join()
 try:
     import faiss  # its library's pages are a cost per process, not per task

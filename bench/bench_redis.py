@@ -4,8 +4,11 @@ Run ``python bench/bench_redis.py`` (``--sizes 100000`` for a quick look). In
 one run it measures SelectBatch p50/p99 against the embedded store, against
 Redis with one replica and with two replicas (calls alternate), the aggregate
 ReportOutcomes rate of 8 concurrent client processes (reports of 256 tasks x
-16 rollouts, each a BOTS step), and Redis ``MEMORY USAGE`` per task of a
-pool. Writes ``bench/out/redis.md`` and ``redis.json``.
+16 rollouts, each a BOTS step), Redis ``MEMORY USAGE`` per task of a pool,
+and how much the embedded server's and a replica's resident sets grew per
+task. Each pool is imported (ImportPosteriors) with posteriors spread as in
+mid-training, the pool of ``bench_selector.py``. Writes ``bench/out/redis.md``
+and ``redis.json``.
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from bench_selector import (
     ROLLOUTS,
     B,
     free_port,
-    make_rates,
+    import_chunks,
+    make_state,
     progress,
     server_rss,
     timings,
 )
 from bots_api.v1 import selector_pb2 as pb
 from bots_api.v1 import selector_pb2_grpc
+from bots_core import PoolState
 from bots_server import _redis_keys as rk
 
 
@@ -95,23 +100,10 @@ def stub(addr: str) -> selector_pb2_grpc.TaskSelectorStub:
     return selector_pb2_grpc.TaskSelectorStub(ch)
 
 
-def fill_pool(addr: str, name: str, n: int) -> None:
-    s = stub(addr)
-    weak, strong = make_rates(n)
-    s.CreatePool(pb.CreatePoolRequest(name=name))
-    step = 50_000
-    for lo in range(0, n, step):
-        s.AddTasks(
-            pb.AddTasksRequest(
-                pool=name,
-                tasks=[
-                    pb.Task(key=f"t{i}", weak=weak[i], strong=strong[i])
-                    for i in range(lo, min(n, lo + step))
-                ],
-            ),
-            timeout=120,
-        )
-        progress(f"  {name}: {min(n, lo + step):,}/{n:,} tasks")
+def fill_pool(addr: str, name: str, state: PoolState) -> None:
+    """Imports ``state`` (``make_state``: posteriors spread as in mid-training) as pool ``name``."""
+    progress(f"  {name}: importing {state.task_count:,} tasks")
+    stub(addr).ImportPosteriors(import_chunks(state, name=name), timeout=1200)
 
 
 def select_latency(addrs: list[str], name: str, reps: int) -> np.ndarray:
@@ -191,8 +183,10 @@ def main() -> int:
                 progress(f"N={n:,}: filling the embedded and the Redis pool")
                 name = f"bench-{n}"
                 rss0 = {p: server_rss(p) for p in (emb, r1)}
-                fill_pool(emb_addr, name, n)
-                fill_pool(a1, name, n)
+                state = make_state(n)
+                fill_pool(emb_addr, name, state)
+                fill_pool(a1, name, state)
+                del state
                 progress(f"N={n:,}: SelectBatch x{args.reps} per configuration")
                 emb_t = select_latency([emb_addr], name, args.reps)
                 one_t = select_latency([a1], name, args.reps)

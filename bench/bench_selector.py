@@ -116,12 +116,14 @@ def bench_store(n: int, reps: int) -> dict[str, float]:
     return {"store_select_p50": float(np.median(t))}
 
 
-def import_chunks(state: PoolState, size: int = 50_000) -> Iterator[pb.PosteriorChunk]:
-    """ImportPosteriors messages for an engine state."""
+def import_chunks(
+    state: PoolState, size: int = 50_000, name: str = "bench"
+) -> Iterator[pb.PosteriorChunk]:
+    """ImportPosteriors messages for an engine state, as pool ``name``."""
     for lo in range(0, state.task_count, size):
         chunk = pb.PosteriorChunk()
         if lo == 0:
-            chunk.header.name = "bench"
+            chunk.header.name = name
             chunk.header.task_count = state.task_count
             chunk.header.capability = state.capability
         add = chunk.tasks.add

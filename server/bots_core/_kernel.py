@@ -11,8 +11,9 @@ Nothing of the pool's size is allocated. All arithmetic is float64.
 Measured against the library call it replaces (numpy's
 ``Generator.standard_gamma(dtype=float32)`` per chunk on the same threads and
 seeds, plus ``argpartition``), whole engine select with B = 256 on the 2-core
-VM, same run: 17.3 ms against 34.4 ms at N = 1M (2.0x), 170 ms against
-368 ms at N = 10M (2.17x) (``python bench/bench_scale.py``, docs/benchmarks.md).
+VM, same run: 25.5 ms against 41.0 ms at N = 1M (1.61x), 243 ms against
+412 ms at N = 10M (1.70x); 2.0x and 2.17x in an earlier run
+(``python bench/bench_scale.py``, docs/benchmarks.md).
 Statistical tests: tests/unit/test_sampling.py (KS tests
 of the normals, Gammas and Betas, the exact Thompson pick probability).
 """
