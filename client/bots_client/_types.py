@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from bots_client._errors import InvalidRequestError
 
@@ -112,9 +112,9 @@ class PoolConfig:
             if raw is None:
                 continue
             if name == "mode":
-                kwargs[name] = _parse_mode(raw)
+                kwargs[name] = _parse_choice(name, raw, SelectionMode, "selection_mode_")
             elif name == "estimator":
-                kwargs[name] = _parse_estimator(raw)
+                kwargs[name] = _parse_choice(name, raw, EstimatorKind, "estimator_kind_")
             elif name == "seed":
                 kwargs[name] = _parse_int(name, raw)
             else:
@@ -122,28 +122,20 @@ class PoolConfig:
         return cls(**kwargs)
 
 
-def _parse_mode(raw: Any) -> SelectionMode:
-    if isinstance(raw, SelectionMode):
-        return raw
-    if isinstance(raw, str):
-        text = raw.strip().lower().removeprefix("selection_mode_")
-        for mode in SelectionMode:
-            if mode.value == text:
-                return mode
-    choices = ", ".join(m.value for m in SelectionMode)
-    raise InvalidRequestError(f"config mode must be one of {choices}, got {raw!r}")
+_Choice = TypeVar("_Choice", SelectionMode, EstimatorKind)
 
 
-def _parse_estimator(raw: Any) -> EstimatorKind:
-    if isinstance(raw, EstimatorKind):
+def _parse_choice(name: str, raw: Any, kind: type[_Choice], prefix: str) -> _Choice:
+    """A member of ``kind`` from itself or its value (case-insensitive, proto prefix allowed)."""
+    if isinstance(raw, kind):
         return raw
     if isinstance(raw, str):
-        text = raw.strip().lower().removeprefix("estimator_kind_")
-        for kind in EstimatorKind:
-            if kind.value == text:
-                return kind
-    choices = ", ".join(k.value for k in EstimatorKind)
-    raise InvalidRequestError(f"config estimator must be one of {choices}, got {raw!r}")
+        text = raw.strip().lower().removeprefix(prefix)
+        for member in kind:
+            if member.value == text:
+                return member
+    choices = ", ".join(m.value for m in kind)
+    raise InvalidRequestError(f"config {name} must be one of {choices}, got {raw!r}")
 
 
 def _parse_int(name: str, raw: Any) -> int:
