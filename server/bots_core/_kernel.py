@@ -162,6 +162,31 @@ def _beta_draw(a: float, b: float, st: State) -> tuple[float, State]:
     return 1.0 / (1.0 + math.exp(ly - lx)), st
 
 
+@_inline
+def _posterior(
+    i: int,
+    stored_a: npt.NDArray[np.float64],
+    stored_b: npt.NDArray[np.float64],
+    a0: npt.NDArray[np.float64],
+    b0: npt.NDArray[np.float64],
+    w0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
+    g: npt.NDArray[np.float64],
+    sc: float,
+    pr: float,
+    wk: float,
+    gp: float,
+) -> tuple[float, float]:
+    """Task i's posterior from its stored columns and the pending steps (sc, pr, wk, gp).
+
+    The order of operations is ``PoolState.alpha``'s (``bots_core.Lazy``), so
+    the results are bit-identical with the engine's.
+    """
+    a = ((stored_a[i] * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
+    b = ((stored_b[i] * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+    return a, b
+
+
 @_jit
 def _sift_down(
     key: npt.NDArray[np.float64], pos: npt.NDArray[np.int64], val: npt.NDArray[np.float64], k: int
@@ -246,11 +271,10 @@ def draw_chunk(
     m = 0
     dropped = math.inf
     for i in range(lo, hi):
-        a = alpha[i]
-        b = beta[i]
         if lazy:
-            a = ((a * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
-            b = ((b * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+            a, b = _posterior(i, alpha, beta, a0, b0, w0, has_ref, g, sc, pr, wk, gp)
+        else:
+            a, b = alpha[i], beta[i]
         if not (a > 0.0 and b > 0.0 and a < math.inf and b < math.inf):
             return -1, dropped
         p, st = _beta_draw(a, b, st)
@@ -362,10 +386,7 @@ def step_batch(
     ok = True
     for j in range(len(idx)):
         i = idx[j]
-        a = ((stored_a[i] * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
-        b = ((stored_b[i] * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (
-            -gp
-        )
+        a, b = _posterior(i, stored_a, stored_b, a0, b0, w0, has_ref, g, sc, pr, wk, gp)
         mean[j] = a / (a + b)
         na = (keep * a + lam * a0[i]) + s[j]
         nb = (keep * b + lam * b0[i]) + (t[j] - s[j])
