@@ -14,8 +14,7 @@ with a baseline measured in the same run. Writes ``bench/out/scale.md`` and
   steps of its ``DifficultyBasedSelector.get_indices`` (loaded from the
   installed ``trinity-rft`` wheel when present), and (d) the floor: 2N Gamma
   draws by the kernel alone on one thread, by numpy on one thread, and by
-  torch's vectorised ``_standard_gamma`` on its own threads (when torch is
-  installed).
+  torch's ``_standard_gamma`` (when torch is installed).
 * growth: one AddTasks of 10k tasks through the embedded store at 0.2M, 0.4M,
   0.8M tasks (journal record included).
 * replica: a fresh process with a ``RedisStore`` serves its first SelectBatch
@@ -132,7 +131,7 @@ def trinity_select_fn(state: PoolState) -> Callable[[], object] | None:
 
 
 def torch_gammas_fn(shapes: np.ndarray) -> Callable[[], object] | None:
-    """torch's vectorised Gamma sampler over ``shapes`` (its own threads), or None without torch."""
+    """torch's Gamma sampler (``torch._standard_gamma``) over ``shapes``, or None without torch."""
     try:
         import torch
     except ImportError:
