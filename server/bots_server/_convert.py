@@ -9,6 +9,7 @@ import numpy as np
 from bots_api.v1 import selector_pb2 as pb
 from bots_core import (
     EstimatorKind,
+    InvalidInputError,
     PoolConfig,
     SelectionMode,
     TaskSpec,
@@ -56,14 +57,10 @@ def config_from_pb(preset_name: str, msg: pb.PoolConfig) -> PoolConfig:
         changes["seed"] = int(msg.seed)
     if msg.mode != pb.SELECTION_MODE_UNSPECIFIED:
         if msg.mode not in MODE_FROM_PB:
-            from bots_core import InvalidInputError
-
             raise InvalidInputError(f"unknown selection mode {msg.mode}")
         changes["mode"] = MODE_FROM_PB[msg.mode]
     if msg.estimator != pb.ESTIMATOR_KIND_UNSPECIFIED:
         if msg.estimator not in ESTIMATOR_FROM_PB:
-            from bots_core import InvalidInputError
-
             raise InvalidInputError(f"unknown estimator {msg.estimator}")
         changes["estimator"] = ESTIMATOR_FROM_PB[msg.estimator]
     return base.replace(**changes) if changes else base
