@@ -231,6 +231,7 @@ class SimilarityEstimator:
             owner = np.concatenate([np.arange(len(idx), dtype=np.int64), owner])
             holder = np.concatenate([idx.astype(np.int64), holder])
             w = np.concatenate([np.full(len(idx), self.self_weight), w.astype(np.float64)])
+        self.observed = True  # even when no sum holds the outcomes (no reverse neighbours)
         if not len(holder):
             return
         ws = w.astype(np.float64) * scale
@@ -239,7 +240,6 @@ class SimilarityEstimator:
         touched = np.unique(holder)
         t = self.sum_t[touched]
         self.p[touched] = np.where(t > 0.0, self.sum_s[touched] / np.where(t > 0, t, 1.0), 0.5)
-        self.observed = True
 
     def confidence(
         self, state: PoolState, tasks: npt.NDArray[np.int64] | None = None
