@@ -36,7 +36,7 @@ from bots_core._select import (
     top_k,
     warm_up_kernel,
 )
-from bots_core._similarity import EstimatorState
+from bots_core._similarity import EstimatorState, complete_state
 from bots_core._state import ETR_WINDOW, MAX_KEY_BYTES, Lazy, PoolState, TaskSpec
 from bots_core._update import (
     DEFAULT_ESTIMATOR,
@@ -92,6 +92,7 @@ __all__ = [
     "check_counts",
     "check_embeddings",
     "check_graph_size",
+    "complete_state",
     "estimator_at",
     "graph_of_codes",
     "needs_estimator",

@@ -172,18 +172,27 @@ def _posterior(
     w0: npt.NDArray[np.float64],
     has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
     sc: float,
     pr: float,
     wk: float,
     gp: float,
+    sm: float,
 ) -> tuple[float, float]:
-    """Task i's posterior from its stored columns and the pending steps (sc, pr, wk, gp).
+    """Task i's posterior from its stored columns and the pending steps (sc, pr, wk, gp, sm).
 
     The order of operations is ``PoolState.alpha``'s (``bots_core.Lazy``), so
-    the results are bit-identical with the engine's.
+    the results are bit-identical with the engine's. ``q`` (the similarity
+    terms qa, qb: one row per task) is read only when ``sm`` is not 0.
     """
-    a = ((stored_a[i] * sc + a0[i] * pr) + w0[i] * wk) + g[i] * gp
-    b = ((stored_b[i] * sc + b0[i] * pr) + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+    a = stored_a[i] * sc + a0[i] * pr
+    b = stored_b[i] * sc + b0[i] * pr
+    if wk != 0.0 or gp != 0.0:  # the reference terms (0 in pools without an interpolation)
+        a = (a + w0[i] * wk) + g[i] * gp
+        b = (b + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+    if sm != 0.0:
+        a += q[i, 0] * sm
+        b += q[i, 1] * sm
     return a, b
 
 
@@ -249,6 +258,7 @@ def draw_chunk(
     w0: npt.NDArray[np.float64],
     has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
 ) -> tuple[int, float]:
     """Draws tasks ``lo:hi`` and keeps the ``k`` smallest keys (a max-heap in the outputs).
 
@@ -258,7 +268,7 @@ def draw_chunk(
     is not a finite positive number. ``goal`` is ``target``, or ``target -
     shift[i]`` when ``shift`` is not empty (a run's own view, docs/algorithm.md §8).
     When ``lin`` is not empty, ``alpha`` and ``beta`` are stored columns and
-    ``lin`` = (scale, prior, weak, gap) the pending steps (``bots_core.Lazy``):
+    ``lin`` = (scale, prior, weak, gap, sim) the pending steps (``bots_core.Lazy``):
     each posterior is computed here, in the same order as ``PoolState.alpha``.
     """
     st = (seed[0], seed[1], seed[2], seed[3])
@@ -268,11 +278,12 @@ def draw_chunk(
     pr = lin[1] if lazy else 0.0
     wk = lin[2] if lazy else 0.0
     gp = lin[3] if lazy else 0.0
+    sm = lin[4] if lazy else 0.0
     m = 0
     dropped = math.inf
     for i in range(lo, hi):
         if lazy:
-            a, b = _posterior(i, alpha, beta, a0, b0, w0, has_ref, g, sc, pr, wk, gp)
+            a, b = _posterior(i, alpha, beta, a0, b0, w0, has_ref, g, q, sc, pr, wk, gp, sm)
         else:
             a, b = alpha[i], beta[i]
         if not (a > 0.0 and b > 0.0 and a < math.inf and b < math.inf):
@@ -342,18 +353,26 @@ def _warm_up() -> None:
     seed = np.ones(4, dtype=np.uint64)
     key, pos, draw = np.empty(1), np.empty(1, dtype=np.int64), np.empty(1)
     none, yes, nob = np.zeros(0), np.ones(2, dtype=bool), np.zeros(0, dtype=bool)
+    no_q, q = np.zeros((0, 2)), np.zeros((2, 2))
     draw_chunk(
-        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, none, one, one, one, nob, one
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, none, one, one, one, nob, one, no_q
     )
     draw_chunk(
-        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, yes, one
+        one, one, 0, 2, 0.5, none, 0.0, seed, 1, key, pos, draw, one, one, one, one, yes, one, q
     )
     betas(seed, one, one)
     i = np.zeros(1, dtype=np.int64)
-    lin = np.array([1.0, 0.0, 0.0, 0.0])
+    lin = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
     out = np.empty(1), np.empty(1), np.empty(1)
-    step_batch(i, one[:1], one[:1], one, one, one, one, one, yes, one, lin, 0.9, 0.1, *out)
-    store_batch(i, one[:1], one[:1], one.copy(), one.copy(), one, one, one, yes, one, lin)
+    rows = (one, one, one, one, one, yes, one, q)
+    step_batch(i, one[:1], one[:1], *rows, lin, 0.9, 0.1, *out)
+    store_batch(i, one[:1], one[:1], one.copy(), one.copy(), *rows[2:], lin)
+    ptr = np.array([0, 1, 1], dtype=np.int64)
+    src, w = np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32)
+    observe_similarity(
+        i, one[:1], one[:1], ptr, src, w, 1.0, 1.0, 1.0, 1.0, np.ones((2, 4)), True, none,
+        one.copy(), one.copy(), *rows[2:7], q.copy(), lin,
+    )  # fmt: skip
 
 
 @_jit
@@ -368,6 +387,7 @@ def step_batch(
     w0: npt.NDArray[np.float64],
     has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
     lin: npt.NDArray[np.float64],
     keep: float,
     lam: float,
@@ -382,11 +402,11 @@ def step_batch(
     + lam * alpha0 + s`` and ``keep * beta + lam * beta0 + (t - s)``. Returns
     False (and nothing is written anywhere) when a new posterior is not finite.
     """
-    sc, pr, wk, gp = lin[0], lin[1], lin[2], lin[3]
+    sc, pr, wk, gp, sm = lin[0], lin[1], lin[2], lin[3], lin[4]
     ok = True
     for j in range(len(idx)):
         i = idx[j]
-        a, b = _posterior(i, stored_a, stored_b, a0, b0, w0, has_ref, g, sc, pr, wk, gp)
+        a, b = _posterior(i, stored_a, stored_b, a0, b0, w0, has_ref, g, q, sc, pr, wk, gp, sm)
         mean[j] = a / (a + b)
         na = (keep * a + lam * a0[i]) + s[j]
         nb = (keep * b + lam * b0[i]) + (t[j] - s[j])
@@ -409,16 +429,127 @@ def store_batch(
     w0: npt.NDArray[np.float64],
     has_ref: npt.NDArray[np.bool_],
     g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
     lin: npt.NDArray[np.float64],
 ) -> None:
     """Writes posteriors of the rows ``idx`` relative to ``lin`` (``PoolState.store_at``)."""
-    sc, pr, wk, gp = lin[0], lin[1], lin[2], lin[3]
+    sc, pr, wk, gp, sm = lin[0], lin[1], lin[2], lin[3], lin[4]
     for j in range(len(idx)):
         i = idx[j]
-        stored_a[i] = (new_a[j] - ((a0[i] * pr + w0[i] * wk) + g[i] * gp)) / sc
-        stored_b[i] = (
-            new_b[j] - ((b0[i] * pr + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp))
-        ) / sc
+        off_a = (a0[i] * pr + w0[i] * wk) + g[i] * gp
+        off_b = (b0[i] * pr + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+        if sm != 0.0:
+            off_a += q[i, 0] * sm
+            off_b += q[i, 1] * sm
+        stored_a[i] = (new_a[j] - off_a) / sc
+        stored_b[i] = (new_b[j] - off_b) / sc
+
+
+@_jit
+def observe_similarity(
+    idx: npt.NDArray[np.int64],
+    s: npt.NDArray[np.float64],
+    t: npt.NDArray[np.float64],
+    rev_ptr: npt.NDArray[np.int64],
+    rev_src: npt.NDArray[np.int32],
+    rev_w: npt.NDArray[np.float32],
+    self_weight: float,
+    scale: float,
+    decay: float,
+    m0: float,
+    sums: npt.NDArray[np.float64],
+    fold: bool,
+    prior: npt.NDArray[np.float64],
+    stored_a: npt.NDArray[np.float64],
+    stored_b: npt.NDArray[np.float64],
+    a0: npt.NDArray[np.float64],
+    b0: npt.NDArray[np.float64],
+    w0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
+    g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
+    lin: npt.NDArray[np.float64],
+) -> int:
+    """One step's outcomes into the similarity sums (``SimilarityEstimator.observe``); O(B k).
+
+    ``sums`` has a row (sum_s, sum_t, p~, den) per task. Adds ``(w * scale)
+    * s`` and ``(w * scale) * t`` to the sums of each batch task itself (w =
+    ``self_weight``) and then of its reverse neighbours (w = their kernel
+    weight), in that order. Each task whose sums changed gets p~ = sum_s /
+    sum_t and den = sum_t * decay + m0; with ``fold`` its similarity terms
+    become (sum_s / den, (sum_t - sum_s) / den) while its posterior is kept:
+    read under the old terms, stored under the new ones (the order of
+    ``_posterior`` and ``store_batch``; ``prior``, when not empty, is every
+    task's (alpha0, beta0), read instead of ``a0`` and ``b0``). Returns how
+    many (task, holder) entries there were.
+    """
+    total = len(idx) if self_weight > 0.0 else 0
+    for j in range(len(idx)):
+        total += rev_ptr[idx[j] + 1] - rev_ptr[idx[j]]
+    holder = np.empty(total, dtype=np.int64)
+    weight = np.empty(total)
+    owner = np.empty(total, dtype=np.int64)
+    m = 0
+    if self_weight > 0.0:
+        for j in range(len(idx)):
+            holder[m], weight[m], owner[m] = idx[j], self_weight, j
+            m += 1
+    for j in range(len(idx)):
+        i = idx[j]
+        for r in range(rev_ptr[i], rev_ptr[i + 1]):
+            holder[m], weight[m], owner[m] = rev_src[r], np.float64(rev_w[r]), j
+            m += 1
+    sc, pr, wk, gp, sm = (lin[0], lin[1], lin[2], lin[3], lin[4]) if fold else (1.0, 0.0, 0.0, 0.0, 0.0)
+    uniform = len(prior) > 0
+    pinned_a = np.empty(total)
+    pinned_b = np.empty(total)
+    if fold:
+        # Each task's posterior under its old terms, once: the terms' row is
+        # scratch until it is rewritten below (NaN marks it, then the slot).
+        for e in range(total):
+            h = holder[e]
+            if not math.isnan(q[h, 0]):
+                pa, pb = (prior[0], prior[1]) if uniform else (a0[h], b0[h])
+                a = stored_a[h] * sc + pa * pr
+                b = stored_b[h] * sc + pb * pr
+                if wk != 0.0 or gp != 0.0:
+                    a = (a + w0[h] * wk) + g[h] * gp
+                    b = (b + (1.0 - w0[h] if has_ref[h] else 0.0) * wk) + g[h] * (-gp)
+                if sm != 0.0:
+                    a += q[h, 0] * sm
+                    b += q[h, 1] * sm
+                pinned_a[e], pinned_b[e] = a, b
+                q[h, 0] = math.nan
+                q[h, 1] = e
+    for e in range(total):
+        h, j = holder[e], owner[e]
+        ws = weight[e] * scale
+        sums[h, 0] += ws * s[j]
+        sums[h, 1] += ws * t[j]
+    for e in range(total):
+        h = holder[e]
+        if fold and not math.isnan(q[h, 0]):
+            continue  # done at its first entry
+        ts, tt = sums[h, 0], sums[h, 1]
+        sums[h, 2] = ts / tt if tt > 0.0 else 0.5
+        dn = tt * decay + m0
+        sums[h, 3] = dn
+        if fold:
+            slot = int(q[h, 1])
+            q[h, 0] = ts / dn
+            q[h, 1] = (tt - ts) / dn
+            pa, pb = (prior[0], prior[1]) if uniform else (a0[h], b0[h])
+            off_a = pa * pr
+            off_b = pb * pr
+            if wk != 0.0 or gp != 0.0:
+                off_a = (off_a + w0[h] * wk) + g[h] * gp
+                off_b = (off_b + (1.0 - w0[h] if has_ref[h] else 0.0) * wk) + g[h] * (-gp)
+            if sm != 0.0:
+                off_a += q[h, 0] * sm
+                off_b += q[h, 1] * sm
+            stored_a[h] = (pinned_a[slot] - off_a) / sc
+            stored_b[h] = (pinned_b[slot] - off_b) / sc
+    return total
 
 
 _warm_up()

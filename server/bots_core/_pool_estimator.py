@@ -114,6 +114,7 @@ def estimator_at(state: PoolState, current: PoolEstimator | None) -> PoolEstimat
         graph.task_count, old.origin, old.observed, old.mse, old.combined_mse,
         np.concatenate([old.sum_s, np.zeros(grow)]), np.concatenate([old.sum_t, np.zeros(grow)]),
         np.concatenate([old.p, np.full(grow, 0.5)]),
+        None if old.den is None else np.concatenate([old.den, np.ones(grow)]),
     )  # fmt: skip
     if isinstance(current, CombinedEstimator):
         return CombinedEstimator.from_state(graph, grown)

@@ -121,7 +121,13 @@ def select_batch(
 
 
 LazyInputs = tuple[
-    FloatArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_], FloatArray
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    FloatArray,
+    npt.NDArray[np.bool_],
+    FloatArray,
+    FloatArray,
 ]
 
 
@@ -130,8 +136,8 @@ def _lazy_inputs(state: PoolState) -> LazyInputs | None:
     lz = state.lazy
     if lz.identity:
         return None
-    _, _, a0, b0, w0, has_ref, g = state.kernel_rows()
-    return lz.coefficients(), a0, b0, w0, has_ref, g
+    _, _, a0, b0, w0, has_ref, g, q = state.kernel_rows()
+    return lz.coefficients(), a0, b0, w0, has_ref, g, q
 
 
 def _tau(state: PoolState) -> float | None:
@@ -226,7 +232,9 @@ def thompson_candidates(
 
 
 _NONE = np.zeros(0)
-_NO_LAZY: LazyInputs = (_NONE, _NONE, _NONE, _NONE, np.zeros(0, dtype=bool), _NONE)
+_NO_LAZY: LazyInputs = (
+    _NONE, _NONE, _NONE, _NONE, np.zeros(0, dtype=bool), _NONE, np.zeros((0, 2)),
+)  # fmt: skip
 
 
 def kernel() -> ModuleType:

@@ -22,6 +22,7 @@ from bots_core._errors import InvalidInputError
 from bots_core._neighbours import NeighbourGraph
 from bots_core._state import FloatArray, PoolState
 from bots_core._update import (
+    LAZY_STEPS,
     Evidence,
     ImplicitEstimator,
     InterpolationEstimator,
@@ -40,6 +41,14 @@ MIN_MSE = 1e-4
 # memory 0.99 or weight 64.
 MEMORY = 0.98
 SELF_WEIGHT = 32.0
+# Folded steps (Lazy.sim) store a task's posterior relative to what the pending
+# steps add, which for a task observed u steps after the columns were last
+# written includes the pool-wide sum of the earlier steps, up to g^-u times
+# larger than its own term. The columns are written whole every LAZY_STEPS
+# steps, so folding loses at most log10(g^-LAZY_STEPS / (1 - g)) digits: about
+# 2.8 with the default memory (0.98). Below this bound on g^LAZY_STEPS steps
+# take the whole-array path instead.
+FOLD_MIN_DECAY = 1e-3
 
 Weights = npt.NDArray[np.float64]
 
@@ -84,6 +93,9 @@ class EstimatorState:
         sum_s: Scaled, kernel-weighted successes per task (its own and its neighbours').
         sum_t: The same for trials.
         p: p~ per task as maintained (sum_s / sum_t where sum_t > 0, else 0.5).
+        den: m_i + m0 per task at its latest observation (the confidence's
+            denominator, see :class:`SimilarityEstimator`); None in states
+            saved before it existed (:func:`complete_state` fills it).
     """
 
     tasks: int
@@ -94,6 +106,7 @@ class EstimatorState:
     sum_s: FloatArray
     sum_t: FloatArray
     p: FloatArray
+    den: FloatArray | None = None
 
 
 class SimilarityEstimator:
@@ -102,12 +115,20 @@ class SimilarityEstimator:
     s_j and t_j are task j's explicit successes and trials, e_j = g^(age)
     decays each observation with the estimator's memory g (default
     ``MEMORY``), and K_ij is the graph's kernel weight; task i's own outcomes
-    enter with K_ii = ``self_weight``. The confidence of task i is
-    m_i / (m_i + m0) with m_i = sum_j K_ij e_j t_j (decayed, kernel-weighted
-    trials) and m0 = ``half_mass`` (default: the pool's pseudo-rollout count
-    n), so one fresh neighbour observation of n rollouts at kernel weight 1
-    gives 1/2. Only explicit outcomes enter: implicit pseudo-counts never feed
-    back.
+    enter with K_ii = ``self_weight``. The confidence of task i at step t is
+    c_i = m_i(t) / (m_i(u) + m0) with m_i = sum_j K_ij e_j t_j (decayed,
+    kernel-weighted trials), u <= t the latest step an outcome entered task
+    i's sums, and m0 = ``half_mass`` (default: the pool's pseudo-rollout count
+    n): at an observation it is m / (m + m0), so one fresh neighbour
+    observation of n rollouts at kernel weight 1 gives 1/2, and from there it
+    decays with the sums' memory g until the next one. It stays in [0, 1).
+    Only explicit outcomes enter: implicit pseudo-counts never feed back.
+
+    Why the denominator is frozen at the observation: then c_i p~_i =
+    (s_i / den_i) g^(t - origin), a per-task number times a pool-wide one,
+    and so is c_i (1 - p~_i). A step of a pool that uses this estimator alone
+    adds the product to ``bots_core.Lazy.sim`` and rewrites only the tasks whose
+    sums it changed (``PoolState.set_sim_terms_at``): O(B k), not O(pool).
 
     Why a task's own outcomes count, and this much: the estimate is used for
     a task while it is not evaluated, and its own earlier pass rate predicts
@@ -150,20 +171,46 @@ class SimilarityEstimator:
         self.half_mass = half_mass
         self.memory = memory
         self.self_weight = self_weight
-        self.sum_s: FloatArray = np.zeros(n)  # scaled kernel-weighted successes (self + neighbours)
-        self.sum_t: FloatArray = np.zeros(n)  # the same for trials
-        self.p: FloatArray = np.full(n, 0.5)  # maintained: sum_s / sum_t where sum_t > 0
+        # One row per task, read and written together by a step (one cache line
+        # for two tasks): sum_s, sum_t, p and den (the properties of the same names).
+        self.sums: FloatArray = np.zeros((n, 4))
+        self.sums[:, 2] = 0.5
+        self.sums[:, 3] = 1.0
         self.origin = 0  # step the scale is relative to
         self.observed = False
         self.errors = _ErrorTracker()
         self._conf: FloatArray | None = None  # buffer of confidence()
+        # Whether steps fold this estimator's evidence into the pool's Lazy.sim:
+        # alone and with a memory long enough (FOLD_MIN_DECAY); not inside a
+        # CombinedEstimator, whose estimate is mixed anew every step.
+        self.folds = memory**LAZY_STEPS >= FOLD_MIN_DECAY
+
+    @property
+    def sum_s(self) -> FloatArray:
+        """Scaled, kernel-weighted successes per task (its own and its neighbours')."""
+        return self.sums[:, 0]
+
+    @property
+    def sum_t(self) -> FloatArray:
+        """The same for trials."""
+        return self.sums[:, 1]
+
+    @property
+    def p(self) -> FloatArray:
+        """p~ per task as maintained: sum_s / sum_t where sum_t > 0, else 0.5."""
+        return self.sums[:, 2]
+
+    @property
+    def den(self) -> FloatArray:
+        """m + m0 at each task's latest observation (any positive number before one)."""
+        return self.sums[:, 3]
 
     # ------------------------------------------------------------- state
     def to_state(self) -> EstimatorState:
         """A copy of what this estimator carries from step to step (see :meth:`from_state`)."""
         return EstimatorState(
             self.graph.task_count, self.origin, self.observed, self.errors.mse, None,
-            self.sum_s.copy(), self.sum_t.copy(), self.p.copy(),
+            self.sum_s.copy(), self.sum_t.copy(), self.p.copy(), self.den.copy(),
         )  # fmt: skip
 
     @classmethod
@@ -173,15 +220,20 @@ class SimilarityEstimator:
         """The estimator :meth:`to_state` saved, over ``graph`` (the graph it had).
 
         Raises:
-            InvalidInputError: the arrays do not match the graph.
+            InvalidInputError: the arrays do not match the graph, or the state
+                has no ``den`` (complete it first: :func:`complete_state`).
         """
         n = graph.task_count
-        if state.tasks != n or any(len(a) != n for a in (state.sum_s, state.sum_t, state.p)):
+        if state.den is None:
+            raise InvalidInputError("estimator state without its denominators")
+        if state.tasks != n or any(
+            len(a) != n for a in (state.sum_s, state.sum_t, state.p, state.den)
+        ):
             raise InvalidInputError(f"estimator state of {state.tasks} tasks for a graph of {n}")
         est = cls(graph, half_mass)
-        est.sum_s = np.array(state.sum_s, dtype=np.float64)
-        est.sum_t = np.array(state.sum_t, dtype=np.float64)
-        est.p = np.array(state.p, dtype=np.float64)
+        est.sums = np.ascontiguousarray(
+            np.stack([state.sum_s, state.sum_t, state.p, state.den], axis=1), dtype=np.float64
+        )
         est.origin = state.origin
         est.observed = state.observed
         est.errors.mse = state.mse
@@ -200,6 +252,19 @@ class SimilarityEstimator:
         """g^(t - origin) at the pool's current step: scaled sums times this are decayed sums."""
         return math.exp(-self._exponent(state.steps_applied, self._log_keep(self.memory)))
 
+    def _half_mass(self, state: PoolState) -> float:
+        return self.half_mass if self.half_mass is not None else state.config.pseudo_rollouts
+
+    def prepare_fold(self, state: PoolState) -> float:
+        """What this step adds to ``Lazy.sim`` per unit of implicit weight: g^(t - origin).
+
+        Gives the pool its similarity terms first if it has none (all 0).
+        """
+        if state.sim_terms is None:
+            n = state.task_count
+            state.set_sim_terms(np.zeros(n), np.zeros(n))
+        return self.decay(state)
+
     # ---------------------------------------------------------- protocol
     def observe(self, state: PoolState, evidence: Evidence) -> None:
         """Adds the step's explicit outcomes to the sums of their tasks and reverse neighbours."""
@@ -217,51 +282,72 @@ class SimilarityEstimator:
         step = state.steps_applied
         e = self._exponent(step, self._log_keep(self.memory))
         if e > RESCALE_AT:
-            f = math.exp(-e)  # 0 when g = 0: only this step counts
-            self.sum_s *= f
-            self.sum_t *= f
-            self.origin = step
+            self._rescale(state, step, math.exp(-e))  # 0 when g = 0: only this step counts
             e = 0.0
-        scale = math.exp(e)
-        idx = evidence.indices[inside]
-        s, t = evidence.successes[inside], evidence.trials[inside]
-        owner, holder, w = self.graph.reverse(idx)
-        # Each task itself, at kernel weight self_weight (indices are distinct).
-        if self.self_weight > 0.0:
-            owner = np.concatenate([np.arange(len(idx), dtype=np.int64), owner])
-            holder = np.concatenate([idx.astype(np.int64), holder])
-            w = np.concatenate([np.full(len(idx), self.self_weight), w.astype(np.float64)])
+        idx = np.ascontiguousarray(evidence.indices[inside], dtype=np.int64)
+        s = np.ascontiguousarray(evidence.successes[inside], dtype=np.float64)
+        t = np.ascontiguousarray(evidence.trials[inside], dtype=np.float64)
         self.observed = True  # even when no sum holds the outcomes (no reverse neighbours)
-        if not len(holder):
-            return
-        ws = w.astype(np.float64) * scale
-        np.add.at(self.sum_s, holder, ws * s[owner])
-        np.add.at(self.sum_t, holder, ws * t[owner])
-        touched = np.unique(holder)
-        t = self.sum_t[touched]
-        self.p[touched] = np.where(t > 0.0, self.sum_s[touched] / np.where(t > 0, t, 1.0), 0.5)
+        from bots_core._select import kernel  # compiled; imported on first use
+
+        prior = _E
+        if self.folds:
+            self.prepare_fold(state)  # the pool's terms exist
+            rows = state.kernel_rows()
+            lin = state.lazy.coefficients()
+            uniform = state.derived.uniform_prior
+            if uniform is not None:  # saves two reads per task
+                prior = np.array(uniform, dtype=np.float64)
+        else:
+            rows, lin = _NO_ROWS, _NO_LIN
+        g = self.graph
+        kernel().observe_similarity(
+            idx, s, t, g.rev_ptr, g.rev_src, g.rev_w, float(self.self_weight), math.exp(e),
+            math.exp(-e), float(self._half_mass(state)), self.sums, self.folds, prior, *rows, lin,
+        )  # fmt: skip
+        if self.folds:
+            state.changed()
+
+    @staticmethod
+    def _terms(s: FloatArray, t: FloatArray, den: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """(qa, qb) of tasks: c p~ = qa g^(t - origin) and c (1 - p~) = qb g^(t - origin)."""
+        return s / den, (t - s) / den
+
+    def _rescale(self, state: PoolState, step: int, f: float) -> None:
+        """Moves the sums' origin to ``step`` (multiplying them by ``f``), terms included.
+
+        The terms of every task change, so a pool folding this estimator first
+        writes its pending steps into every task: O(pool), once every
+        RESCALE_AT / -log g steps (about 10k with the default memory).
+        """
+        if self.folds:
+            state.normalize()
+        self.sums[:, :2] *= f
+        self.origin = step
+        if self.folds and state.sim_terms is not None:
+            qa, qb = self._terms(self.sum_s, self.sum_t, self.den)
+            m = len(qa)
+            if m < state.task_count:  # tasks beyond the graph keep no terms
+                pad = np.zeros(state.task_count - m)
+                qa, qb = np.concatenate([qa, pad]), np.concatenate([qb, pad])
+            state.set_sim_terms(qa, qb)
 
     def confidence(
         self, state: PoolState, tasks: npt.NDArray[np.int64] | None = None
     ) -> FloatArray:
-        """m / (m + m0) of the given tasks (all graph tasks when None) at the pool's current step.
+        """m(t) / (m(u) + m0) of the given tasks (all graph tasks when None) at the pool's current step.
 
-        Computed as T / (T + m0 / decay) on the scaled sums: two passes over
-        the pool. For all tasks the result lives in a buffer that the next
-        call overwrites.
+        u is each task's latest observation (see the class docstring). For all
+        tasks the result lives in a buffer that the next call overwrites.
         """
-        m0 = self.half_mass if self.half_mass is not None else state.config.pseudo_rollouts
         d = self.decay(state)
         if tasks is not None:
-            t = self.sum_t[tasks]
-            return np.asarray(t * d / (t * d + m0), dtype=np.float64)
-        if d == 0.0:
-            return np.zeros(len(self.sum_t))
+            return np.asarray(self.sum_t[tasks] * d / self.den[tasks], dtype=np.float64)
         if self._conf is None:
             self._conf = np.empty(len(self.sum_t))
         out = self._conf
-        np.add(self.sum_t, m0 / d, out=out)
-        np.divide(self.sum_t, out, out=out)
+        np.multiply(self.sum_t, d, out=out)
+        np.divide(out, self.den, out=out)
         return out
 
     def estimate(self, state: PoolState) -> tuple[FloatArray, Weights] | None:
@@ -298,6 +384,7 @@ class CombinedEstimator:
 
     def __init__(self, similarity: SimilarityEstimator) -> None:
         self.similarity = similarity
+        similarity.folds = False  # its estimate is mixed with the interpolation's every step
         self.interpolation = InterpolationEstimator()
         self.errors = _ErrorTracker()  # the interpolation's
 
@@ -344,6 +431,42 @@ class CombinedEstimator:
 
 
 AnyEstimator = ImplicitEstimator | SimilarityEstimator | CombinedEstimator
+_E = np.zeros(0)
+_NO_ROWS = (_E, _E, _E, _E, _E, np.zeros(0, dtype=bool), _E, np.zeros((0, 2)))
+_NO_LIN = np.zeros(5)
+
+
+def complete_state(state: PoolState, saved: EstimatorState) -> EstimatorState:
+    """``saved`` with its denominators; a pool whose steps fold it gets its similarity terms.
+
+    Call it when a pool and its estimator's state are loaded together, before
+    anything reads the pool's posteriors: pending steps (``Lazy.sim``) read
+    the terms, which are a function of the saved sums. A state saved before
+    the denominators existed comes from a pool whose steps wrote every
+    posterior whole, so nothing pending reads its terms: its denominators are
+    taken as if every task had just been observed.
+
+    Raises:
+        InvalidInputError: the state covers more tasks than the pool has.
+    """
+    n = saved.tasks
+    if n > state.task_count or any(len(a) != n for a in (saved.sum_s, saved.sum_t, saved.p)):
+        raise InvalidInputError(
+            f"estimator state of {n} tasks does not fit a pool of {state.task_count}"
+        )
+    den = saved.den
+    if den is None:
+        log_g = math.log(MEMORY)
+        d = math.exp((state.steps_applied - saved.origin) * log_g)
+        den = saved.sum_t * d + state.config.pseudo_rollouts
+        saved = dataclasses.replace(saved, den=den)
+    elif len(den) != n:
+        raise InvalidInputError(f"estimator state of {n} tasks with {len(den)} denominators")
+    if state.config.estimator is EstimatorKind.SIMILARITY:
+        qa, qb = SimilarityEstimator._terms(saved.sum_s, saved.sum_t, den)
+        pad = np.zeros(state.task_count - n)
+        state.set_sim_terms(np.concatenate([qa, pad]), np.concatenate([qb, pad]))
+    return saved
 
 
 def estimator_for(config: PoolConfig, graph: NeighbourGraph | None) -> AnyEstimator | None:

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from bots_core._config import PoolConfig
 from bots_core._diagnostics import Diagnostics
 from bots_core._embeddings import Codes, EmbeddingBasis
-from bots_core._errors import InvalidInputError, TaskConflictError, shorten
+from bots_core._errors import CorruptStateError, InvalidInputError, TaskConflictError, shorten
 from bots_core._keys import KeyIndex, KeyTable
 from bots_core._runs import RunState
 
@@ -32,12 +32,15 @@ _MAGIC = b"BOTSPOOL\x01"
 class Lazy:
     """Forgetting and implicit evidence of recent steps, not yet written into every task.
 
-    The posteriors are ``alpha = scale * a + prior * alpha0 + weak * w0 + gap * g``
-    and ``beta = scale * b + prior * beta0 + weak * r0 - gap * g``, where ``a``
-    and ``b`` are the stored columns, ``w0`` the weak reference rate, ``g`` the
-    gap to the strong one and ``r0 = 1 - w0`` (all three 0 for tasks without
-    rates). A step of Eq. 1 then changes four numbers and the rows of its own
-    batch, not every task (docs/algorithm.md §2, "Cost of a step"). ``steps``
+    The posteriors are ``alpha = scale * a + prior * alpha0 + weak * w0 + gap * g
+    + sim * qa`` and ``beta = scale * b + prior * beta0 + weak * r0 - gap * g +
+    sim * qb``, where ``a`` and ``b`` are the stored columns, ``w0`` the weak
+    reference rate, ``g`` the gap to the strong one and ``r0 = 1 - w0`` (all
+    three 0 for tasks without rates), and ``qa``, ``qb`` the similarity
+    estimator's per-task terms (``PoolState.sim_terms``; absent, and ``sim``
+    0, in other pools). A step of Eq. 1 then changes five numbers and the rows
+    of its own batch, not every task (docs/algorithm.md §2, "Cost of a step";
+    docs/similarity.md for ``sim``). ``steps``
     counts the steps folded in since the columns were last written whole; the
     engine writes them whole again at fixed points of the step sequence, so the
     stored numbers, and every draw made from them, are a function of the pool's
@@ -49,29 +52,43 @@ class Lazy:
     weak: float = 0.0
     gap: float = 0.0
     steps: int = 0
+    sim: float = 0.0
 
     @property
     def identity(self) -> bool:
-        return self.scale == 1.0 and self.prior == 0.0 and self.weak == 0.0 and self.gap == 0.0
+        return (
+            self.scale == 1.0
+            and self.prior == 0.0
+            and self.weak == 0.0
+            and self.gap == 0.0
+            and self.sim == 0.0
+        )
 
     def coefficients(self) -> FloatArray:
-        """(scale, prior, weak, gap) as the compiled kernels take them."""
-        return np.array([self.scale, self.prior, self.weak, self.gap])
+        """(scale, prior, weak, gap, sim) as the compiled kernels take them."""
+        return np.array([self.scale, self.prior, self.weak, self.gap, self.sim])
 
     def to_json(self) -> list[float]:
-        return [self.scale, self.prior, self.weak, self.gap, float(self.steps)]
+        return [self.scale, self.prior, self.weak, self.gap, float(self.steps), self.sim]
 
     @classmethod
     def from_json(cls, raw: Any) -> Lazy:
-        """Inverse of :meth:`to_json`; ``None`` (older images) is the identity."""
+        """Inverse of :meth:`to_json`; ``None`` (older images) is the identity.
+
+        Images written before the similarity term have five entries (``sim`` 0).
+        """
         if raw is None:
             return cls()
-        scale, prior, weak, gap, steps = (float(x) for x in raw)
+        values = [float(x) for x in raw]
+        if len(values) not in (5, 6):
+            raise ValueError(f"lazy step coefficients: 5 or 6 numbers, got {len(values)}")
+        scale, prior, weak, gap, steps = values[:5]
+        sim = values[5] if len(values) == 6 else 0.0
         if not (math.isfinite(scale) and scale > 0.0) or not all(
-            math.isfinite(x) for x in (prior, weak, gap)
+            math.isfinite(x) for x in (prior, weak, gap, sim)
         ):
             raise ValueError("lazy step coefficients must be finite with a positive scale")
-        return cls(scale, prior, weak, gap, int(steps))
+        return cls(scale, prior, weak, gap, int(steps), sim)
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,10 @@ class PoolState:
         # Task embeddings (docs/similarity.md): none, or int8 codes for every task.
         self.embedding_basis: EmbeddingBasis | None = None
         self._codes: Codes = np.zeros(0, dtype=np.int8)  # rows one after the other, spare capacity
+        # The similarity estimator's per-task terms of Lazy.sim, one row (qa, qb)
+        # per task (a step reads both at once), with spare rows; None in pools
+        # that do not fold that estimator's steps.
+        self._sim: FloatArray | None = None
 
     # ------------------------------------------------------------ posteriors
     @property
@@ -212,9 +233,10 @@ class PoolState:
         if lz.identity:
             return a, b  # fancy indexing copied them
         d = self.derived
+        q = self.sim_terms if lz.sim else None
         return (
-            _combine(a, self.alpha0[idx], d.weak0[idx], d.gap[idx], lz, 1.0),
-            _combine(b, self.beta0[idx], d.rest(idx), d.gap[idx], lz, -1.0),
+            _combine(a, self.alpha0[idx], d.weak0[idx], d.gap[idx], lz, 1.0, _at(q, 0, idx)),
+            _combine(b, self.beta0[idx], d.rest(idx), d.gap[idx], lz, -1.0, _at(q, 1, idx)),
         )
 
     def store_at(self, idx: npt.NDArray[np.int64], alpha: FloatArray, beta: FloatArray) -> None:
@@ -240,13 +262,55 @@ class PoolState:
         FloatArray,
         npt.NDArray[np.bool_],
         FloatArray,
+        FloatArray,
     ]:
-        """The per-task columns the compiled step passes read, in their order."""
+        """The per-task columns the compiled step passes read, in their order.
+
+        The last is the similarity terms (:attr:`sim_block`; empty when the pool has none).
+        """
         d = self.derived
+        q = self.sim_block
+        if q is None:
+            if self.lazy.sim:
+                raise CorruptStateError(
+                    f"pool {shorten(self.name)}: a similarity term is pending without its tasks' terms"
+                )
+            q = _NO_TERMS
         return (
             self.stored_alpha, self.stored_beta, self.alpha0, self.beta0,
-            d.weak0, d.has_ref, d.gap,
+            d.weak0, d.has_ref, d.gap, q,
         )  # fmt: skip
+
+    # ------------------------------------------------------ similarity terms
+    @property
+    def sim_terms(self) -> tuple[FloatArray, FloatArray] | None:
+        """(qa, qb) per task: what ``Lazy.sim`` multiplies (see :class:`Lazy`), or None."""
+        if self._sim is None:
+            return None
+        n = len(self.keys)
+        return self._sim[:n, 0], self._sim[:n, 1]
+
+    @property
+    def sim_block(self) -> FloatArray | None:
+        """The similarity terms as the compiled kernels take them: (tasks, 2), C order."""
+        return None if self._sim is None else self._sim[: len(self.keys)]
+
+    def set_sim_terms(self, qa: FloatArray, qb: FloatArray) -> None:
+        """Gives the pool its similarity terms, one pair per task.
+
+        Either the pool has none yet (a pool just loaded: its pending ``Lazy.sim``
+        then reads these), or nothing pending multiplies them.
+
+        Raises:
+            ValueError: wrong lengths, or terms in use would be replaced.
+        """
+        n = len(self.keys)
+        if len(qa) != n or len(qb) != n:
+            raise ValueError(f"similarity terms of {len(qa)}/{len(qb)} tasks for a pool of {n}")
+        if self.lazy.sim and self._sim is not None:
+            raise ValueError("a similarity term is pending: its terms cannot be replaced")
+        self._sim = np.ascontiguousarray(np.stack([qa, qb], axis=1), dtype=np.float64)
+        self.changed()
 
     def normalize(self) -> None:
         """Writes the pending steps into every task's columns (O(pool)); :attr:`lazy` is reset."""
@@ -256,12 +320,13 @@ class PoolState:
             return
         d = self.derived
         a, b = self.stored_alpha, self.stored_beta
+        q = self.sim_terms if lz.sim else None
         block = 1 << 15
         for lo in range(0, len(a), block):
             hi = min(lo + block, len(a))
-            g = d.gap[lo:hi]
-            a[lo:hi] = _combine(a[lo:hi], self.alpha0[lo:hi], d.weak0[lo:hi], g, lz, 1.0)
-            b[lo:hi] = _combine(b[lo:hi], self.beta0[lo:hi], d.rest(slice(lo, hi)), g, lz, -1.0)
+            g, sl = d.gap[lo:hi], slice(lo, hi)
+            a[sl] = _combine(a[sl], self.alpha0[sl], d.weak0[sl], g, lz, 1.0, _at(q, 0, sl))
+            b[sl] = _combine(b[sl], self.beta0[sl], d.rest(sl), g, lz, -1.0, _at(q, 1, sl))
         self.lazy = Lazy()
         self.changed()
 
@@ -270,8 +335,11 @@ class PoolState:
         if view is not None and view[0] == self._version:
             return view[1], view[2]
         d, lz = self.derived, self.lazy
-        a = _combine(self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0)
-        b = _combine(self.stored_beta, self.beta0, d.rest(slice(None)), d.gap, lz, -1.0)
+        q = self.sim_terms if lz.sim else None
+        a = _combine(self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0, _at(q, 0, slice(None)))
+        b = _combine(
+            self.stored_beta, self.beta0, d.rest(slice(None)), d.gap, lz, -1.0, _at(q, 1, slice(None))
+        )
         a.flags.writeable = False
         b.flags.writeable = False
         self._view = (self._version, a, b)
@@ -431,6 +499,14 @@ class PoolState:
             ("beta", beta), ("weak", weak), ("strong", strong),
         ):  # fmt: skip
             self._cols[name] = _appended(self._cols[name], n0, values)
+        if self._sim is not None:  # new tasks have no similarity terms yet
+            need = n0 + len(keys)
+            if len(self._sim) < need:
+                grown = np.zeros((max(need, 2 * len(self._sim)), 2))
+                grown[:n0] = self._sim[:n0]
+                self._sim = grown
+            else:
+                self._sim[n0:need] = 0.0
         self.keys.extend(keys)
         if self._derived is not None:
             self._derived.extend(self, n0)
@@ -504,6 +580,8 @@ class PoolState:
         codes = self.embedding_codes
         if codes is not None and codes.size != len(self._codes):
             self._codes = codes.reshape(-1).copy()
+        if self._sim is not None and len(self._sim) != n:
+            self._sim = self._sim[:n].copy()
 
     # ------------------------------------------------------------ statistics
     def posterior_mean(self) -> FloatArray:
@@ -552,14 +630,18 @@ class PoolState:
         return header
 
     def to_bytes(self) -> bytes:
-        """Serialises the whole state (config included)."""
+        """Serialises the whole state (config included; similarity terms too, as pending steps read them)."""
         header = self.header()
+        q = self.sim_terms
+        if q is not None:
+            header["sim_terms"] = True
         codes = self.embedding_codes
         hbytes = json.dumps(header, separators=(",", ":")).encode()
         blob, key_lengths = self.keys.to_bytes()
         lengths = key_lengths.astype("<u4")
         arrays = [
             self.stored_alpha, self.stored_beta, self.alpha0, self.beta0, self.weak, self.strong,
+            *(q or ()),
         ]  # fmt: skip
         parts = [_MAGIC, struct.pack("<Q", len(hbytes)), hbytes, lengths.tobytes()]
         parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays]
@@ -597,7 +679,7 @@ class PoolState:
         lengths = np.frombuffer(data, dtype="<u4", count=n, offset=pos)
         pos += 4 * n
         arrays = []
-        for _ in range(6):
+        for _ in range(8 if header.get("sim_terms") else 6):
             arrays.append(np.frombuffer(data, dtype="<f8", count=n, offset=pos).astype(np.float64))
             pos += 8 * n
         basis, codes = None, None
@@ -608,11 +690,15 @@ class PoolState:
         blob = data[pos:]
         if int(lengths.sum(dtype=np.int64)) != len(blob):
             raise InvalidInputError("serialised pool is truncated or corrupt")
-        alpha, beta, alpha0, beta0, weak, strong = arrays
+        alpha, beta, alpha0, beta0, weak, strong = arrays[:6]
         state = cls.from_columns(
             state.name, state.config, KeyTable.from_bytes(blob, lengths), weak, strong, alpha0, beta0,
             alpha, beta, Lazy.from_json(header.get("lazy")), codes, basis,
         )  # fmt: skip
+        if len(arrays) == 8:
+            state.set_sim_terms(arrays[6], arrays[7])
+        elif state.lazy.sim:
+            raise InvalidInputError("serialised pool has a pending similarity term without its terms")
         cap = header["capability"]
         state.capability = math.nan if cap is None else float(cap)
         state.steps_applied = int(header["steps_applied"])
@@ -649,13 +735,20 @@ def _offset(
 
 
 def _combine(
-    stored: FloatArray, prior: FloatArray, rate: FloatArray, gap: FloatArray, lz: Lazy, sign: float
+    stored: FloatArray,
+    prior: FloatArray,
+    rate: FloatArray,
+    gap: FloatArray,
+    lz: Lazy,
+    sign: float,
+    sim: FloatArray | None = None,
 ) -> FloatArray:
     """The posterior of stored columns under ``lz``, in the kernel's order of operations.
 
-    ``((scale * stored + prior * p0) + weak * rate) + sign * gap * g``, term by
-    term left to right as ``bots_core._kernel`` computes it, so that both give
-    the same bits. A zero coefficient adds exactly nothing and is skipped.
+    ``(((scale * stored + prior * p0) + weak * rate) + sign * gap * g) + sim * q``,
+    term by term left to right as ``bots_core._kernel`` computes it, so that
+    both give the same bits. A zero coefficient adds exactly nothing and is
+    skipped; ``sim`` (the tasks' qa or qb) is required when ``lz.sim`` is not 0.
     """
     out = stored * lz.scale
     if lz.prior:
@@ -664,7 +757,20 @@ def _combine(
         out += rate * lz.weak
     if lz.gap:
         out += gap * (sign * lz.gap)
+    if lz.sim:
+        assert sim is not None
+        out += sim * lz.sim
     return out
+
+
+def _at(
+    q: tuple[FloatArray, FloatArray] | None, side: int, sel: slice | npt.NDArray[np.int64]
+) -> FloatArray | None:
+    """qa (side 0) or qb (side 1) of the tasks ``sel``, None without terms."""
+    return None if q is None else q[side][sel]
+
+
+_NO_TERMS = np.zeros((0, 2))
 
 
 def _appended(buf: npt.NDArray[Any], n: int, values: npt.NDArray[Any]) -> npt.NDArray[Any]:

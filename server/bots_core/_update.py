@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from bots_core._errors import CorruptStateError, InvalidInputError, UnknownTaskError, shorten
 from bots_core._runs import RunState, run_offset, sharing
-from bots_core._state import FloatArray, PoolState
+from bots_core._state import FloatArray, Lazy, PoolState
 
 IntArray = npt.NDArray[np.int64]
 # What an estimator's second array may be: a mask, or weights in [0, 1].
@@ -216,7 +216,9 @@ def apply_step(
         rate = np.clip(s / t - gap * move, 0.0, 1.0)
         s = np.where(gap != 0.0, rate * t, s)
     keep = 1.0 - lam
-    lazy = estimator is DEFAULT_ESTIMATOR and _lazy_due(state, keep)
+    # An estimator may fold its steps too (the similarity plug-in alone: prepare_fold).
+    prepare_fold = getattr(estimator, "prepare_fold", None) if getattr(estimator, "folds", False) else None  # fmt: skip
+    lazy = (estimator is DEFAULT_ESTIMATOR or prepare_fold is not None) and _lazy_due(state, keep)
     # Selected tasks: explicit evidence at full weight, no implicit term. Computed
     # first, so that nothing is written when the result would not be finite.
     from bots_core._select import kernel  # compiled; bots_core._select imports this module
@@ -244,7 +246,13 @@ def apply_step(
     _observe_run(state, run_state, mu)
 
     if lazy and _fold_is_exact_enough(state, rho * n):
-        _fold_step(state, lam, rho * n)
+        if prepare_fold is not None:
+            _fold_decay(state.lazy, lam)
+            state.lazy.sim += rho * n * prepare_fold(state)
+            state.lazy.steps += 1
+            state.changed()
+        else:
+            _fold_step(state, lam, rho * n)
     else:
         state.normalize()
         if estimator is DEFAULT_ESTIMATOR:
@@ -310,13 +318,9 @@ def _fold_step(state: PoolState, lam: float, w: float) -> None:
     Selected tasks are overwritten by the caller afterwards.
     """
     d = state.derived
-    keep = 1.0 - lam
     cap = state.capability
     lz = state.lazy
-    lz.scale *= keep
-    lz.prior = keep * lz.prior + lam
-    lz.weak *= keep
-    lz.gap *= keep
+    _fold_decay(lz, lam)
     if w > 0.0 and not math.isnan(cap) and d.ref_count > 0:
         lz.weak += w
         lz.gap += w * cap
@@ -331,6 +335,16 @@ def _fold_step(state: PoolState, lam: float, w: float) -> None:
             state.stored_beta[cand] -= fix / lz.scale
     lz.steps += 1
     state.changed()
+
+
+def _fold_decay(lz: Lazy, lam: float) -> None:
+    """Forgetting of one step, folded: every pending term times 1 - lambda, the prior's plus lambda."""
+    keep = 1.0 - lam
+    lz.scale *= keep
+    lz.prior = keep * lz.prior + lam
+    lz.weak *= keep
+    lz.gap *= keep
+    lz.sim *= keep
 
 
 def _decay_and_interpolate(state: PoolState, lam: float, w: float) -> None:

@@ -31,6 +31,7 @@ from bots_core import (
     PoolConfig,
     PoolState,
     RunState,
+    complete_state,
 )
 
 from bots_server._columns import Codes, Columns
@@ -131,6 +132,8 @@ def encode(image: Image) -> bytes:
     est = image.estimator
     if est is not None:
         body += [_f8(est.sum_s), _f8(est.sum_t), _f8(est.p)]
+        if est.den is not None:
+            body.append(_f8(est.den))
     header = {
         "estimator": None if est is None else _estimator_fields(est),
         "runtime": image.runtime_fields,
@@ -217,9 +220,6 @@ def _decode(
         tasks.strong[:n], tasks.prior_alpha[:n], tasks.prior_beta[:n], alpha, beta,
         Lazy.from_json(eng.get("lazy")), codes, basis,
     )  # fmt: skip
-    a, b = state.alpha, state.beta
-    if n and not (np.all(np.isfinite(a) & (a > 0)) and np.all(np.isfinite(b) & (b > 0))):
-        raise CorruptImage("posteriors that are not finite and positive")
     cap = eng["capability"]
     state.capability = math.nan if cap is None else float(cap)
     state.steps_applied = int(eng["steps_applied"])
@@ -256,10 +256,17 @@ def _decode(
             k, int(est["origin"]), bool(est["observed"]),
             math.nan if mse is None else float(mse),
             None if not est["combined"] else math.nan if both is None else float(both),
-            f8(k), f8(k), f8(k),
+            f8(k), f8(k), f8(k), f8(k) if est.get("den") else None,
         )  # fmt: skip
+        rt.estimator_saved = complete_state(state, rt.estimator_saved)
     if pos != len(body):
         raise ValueError("trailing bytes after the checkpoint")
+    if state.lazy.sim and state.sim_terms is None:
+        raise ValueError("a pending similarity term without the estimator state it reads")
+    # Read only now: pending steps may read the similarity terms restored just above.
+    a, b = state.alpha, state.beta
+    if n and not (np.all(np.isfinite(a) & (a > 0)) and np.all(np.isfinite(b) & (b > 0))):
+        raise CorruptImage("posteriors that are not finite and positive")
     return rt
 
 
@@ -276,6 +283,7 @@ def _estimator_fields(est: EstimatorState) -> dict[str, Any]:
         "mse": num(est.mse),
         "combined": est.combined_mse is not None,
         "combined_mse": num(est.combined_mse),
+        "den": est.den is not None,
     }
 
 

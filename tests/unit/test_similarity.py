@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from bots_core import Evidence, InvalidInputError, PoolConfig, PoolState, apply_step
 from bots_core._neighbours import NeighbourGraph, exact_neighbours, knn_graph, pca, quantize_int8
+from bots_core import _similarity as similarity_module
 from bots_core._similarity import CombinedEstimator, SimilarityEstimator
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -148,10 +149,11 @@ def test_confidence_shrinks_with_distance_staleness_and_few_neighbours():
     state.steps_applied += 5
     stale = est.confidence(state)
     assert stale[2] < fresh[2]
-    # m decays by the estimator's memory per step: conf = m / (m + m0).
+    # At an observation conf = m / (m + m0); then m decays by the estimator's
+    # memory per step over the denominator of that observation.
     m = fresh[2] * 16 / (1 - fresh[2])
-    m5 = m * est.memory**5
-    assert stale[2] == pytest.approx(m5 / (m5 + 16))
+    assert stale[2] == pytest.approx(m * est.memory**5 / (m + 16))
+    assert stale[2] == pytest.approx(fresh[2] * est.memory**5)
 
 
 def test_pseudo_counts_per_step_are_bounded_by_rho_n():
@@ -302,3 +304,60 @@ def test_pca_and_int8_codes_keep_families_together():
     assert codes.dtype == np.int8
     nbr = knn_graph(codes.astype(np.float32) * scale, 5, exact=True).neighbours
     assert np.mean(family[nbr] == family[:, None]) > 0.99
+
+
+def test_folded_steps_equal_the_generic_path_over_rescales_and_normalizations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool that uses the estimator alone folds its steps (Lazy.sim, O(B k) per step).
+
+    The same steps on the generic whole-array path (``folds`` off) give the
+    same posteriors to rounding, across the 128-step rewrites of the columns
+    and the sums' rescaling (made to come every 150 steps here).
+    """
+    monkeypatch.setattr(similarity_module, "RESCALE_AT", 3.0)
+    rng = np.random.default_rng(11)
+    n = 120
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    g = knn_graph(x, 5, exact=True)
+    folded, whole = make_pool(n), make_pool(n)
+    ef, ew = SimilarityEstimator(g), SimilarityEstimator(g)
+    assert ef.folds
+    ew.folds = False
+    pending = 0
+    for step in range(420):
+        idx = np.sort(rng.choice(n, 9, replace=False))
+        e = Evidence(idx, rng.binomial(16, rng.uniform(0.1, 0.9), 9) * 1.0, np.full(9, 16.0))
+        apply_step(folded, e, ef)
+        apply_step(whole, e, ew)
+        assert whole.lazy.identity  # the generic path writes every task
+        pending = max(pending, folded.lazy.steps)
+        if step % 20 == 0 or step > 400:
+            np.testing.assert_allclose(folded.alpha, whole.alpha, rtol=1e-10)
+            np.testing.assert_allclose(folded.beta, whole.beta, rtol=1e-10)
+    assert ef.origin > 0  # the sums were rescaled
+    assert pending == 128  # steps were folded, and written whole every 128 steps
+    assert folded.lazy.sim > 0.0
+
+
+def test_a_pool_with_folded_similarity_steps_round_trips_through_bytes():
+    rng = np.random.default_rng(12)
+    n = 60
+    g = knn_graph(rng.normal(size=(n, 2)).astype(np.float32), 4, exact=True)
+    state = make_pool(n)
+    est = SimilarityEstimator(g)
+    for _ in range(30):
+        idx = np.sort(rng.choice(n, 5, replace=False))
+        apply_step(state, Evidence(idx, rng.binomial(8, 0.5, 5) * 1.0, np.full(5, 8.0)), est)
+    assert state.lazy.sim > 0.0
+    back = PoolState.from_bytes(state.to_bytes())
+    np.testing.assert_array_equal(back.alpha, state.alpha)
+    np.testing.assert_array_equal(back.beta, state.beta)
+    assert back.to_bytes() == state.to_bytes()
+
+
+def test_a_short_memory_takes_the_whole_array_path():
+    g = line_graph()
+    assert SimilarityEstimator(g).folds
+    assert not SimilarityEstimator(g, memory=0.9).folds  # 0.9^128 < FOLD_MIN_DECAY
+    assert not CombinedEstimator(SimilarityEstimator(g)).similarity.folds
