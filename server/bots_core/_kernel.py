@@ -499,7 +499,9 @@ def observe_similarity(
         for r in range(rev_ptr[i], rev_ptr[i + 1]):
             holder[m], weight[m], owner[m] = rev_src[r], np.float64(rev_w[r]), j
             m += 1
-    sc, pr, wk, gp, sm = (lin[0], lin[1], lin[2], lin[3], lin[4]) if fold else (1.0, 0.0, 0.0, 0.0, 0.0)
+    sc, pr, wk, gp, sm = (
+        (lin[0], lin[1], lin[2], lin[3], lin[4]) if fold else (1.0, 0.0, 0.0, 0.0, 0.0)
+    )
     uniform = len(prior) > 0
     pinned_a = np.empty(total)
     pinned_b = np.empty(total)

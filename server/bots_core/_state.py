@@ -336,9 +336,17 @@ class PoolState:
             return view[1], view[2]
         d, lz = self.derived, self.lazy
         q = self.sim_terms if lz.sim else None
-        a = _combine(self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0, _at(q, 0, slice(None)))
+        a = _combine(
+            self.stored_alpha, self.alpha0, d.weak0, d.gap, lz, 1.0, _at(q, 0, slice(None))
+        )
         b = _combine(
-            self.stored_beta, self.beta0, d.rest(slice(None)), d.gap, lz, -1.0, _at(q, 1, slice(None))
+            self.stored_beta,
+            self.beta0,
+            d.rest(slice(None)),
+            d.gap,
+            lz,
+            -1.0,
+            _at(q, 1, slice(None)),
         )
         a.flags.writeable = False
         b.flags.writeable = False
@@ -698,7 +706,9 @@ class PoolState:
         if len(arrays) == 8:
             state.set_sim_terms(arrays[6], arrays[7])
         elif state.lazy.sim:
-            raise InvalidInputError("serialised pool has a pending similarity term without its terms")
+            raise InvalidInputError(
+                "serialised pool has a pending similarity term without its terms"
+            )
         cap = header["capability"]
         state.capability = math.nan if cap is None else float(cap)
         state.steps_applied = int(header["steps_applied"])

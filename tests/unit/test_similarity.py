@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 from bots_core import Evidence, InvalidInputError, PoolConfig, PoolState, apply_step
-from bots_core._neighbours import NeighbourGraph, exact_neighbours, knn_graph, pca, quantize_int8
 from bots_core import _similarity as similarity_module
+from bots_core._neighbours import NeighbourGraph, exact_neighbours, knn_graph, pca, quantize_int8
 from bots_core._similarity import CombinedEstimator, SimilarityEstimator
 from hypothesis import given, settings
 from hypothesis import strategies as st
