@@ -128,7 +128,8 @@ class SimilarityEstimator:
     (s_i / den_i) g^(t - origin), a per-task number times a pool-wide one,
     and so is c_i (1 - p~_i). A step of a pool that uses this estimator alone
     adds the product to ``bots_core.Lazy.sim`` and rewrites only the tasks whose
-    sums it changed (``PoolState.set_sim_terms_at``): O(B k), not O(pool).
+    sums it changed, in one compiled pass (``bots_core._kernel.observe_similarity``):
+    O(B k), not O(pool).
 
     Why a task's own outcomes count, and this much: the estimate is used for
     a task while it is not evaluated, and its own earlier pass rate predicts
