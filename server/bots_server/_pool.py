@@ -44,6 +44,7 @@ from bots_core import (
     PoolEstimator,
     PoolState,
     RunState,
+    TaskConflictError,
     TaskSpec,
     aggregate,
     apply_step,
@@ -319,10 +320,13 @@ class PoolRuntime:
         """The record that adds the new ones of ``specs``, None when every key exists already.
 
         ``embeddings`` are the specs' rows (validated by ``check_embeddings``),
-        or None. A key already in the pool is skipped; its embedding is not
-        compared.
+        or None. A key already in the pool is skipped, as long as its
+        reference rates, prior and embedding are the ones it has (a retried
+        request); otherwise TaskConflictError.
         """
         fresh = self._state.plan_add(specs)
+        if embeddings is not None:
+            self._check_known_embeddings(specs, embeddings)
         if not fresh:
             return None
         total = self._state.task_count + len(fresh)
@@ -345,11 +349,6 @@ class PoolRuntime:
                 f"pool {short(self.name)} holds tasks without embeddings: a pool's tasks have "
                 "embeddings all or none (create a new pool to use them)"
             )
-        if basis is not None and embeddings.shape[1] != basis.dim_in:
-            raise FailedPrecondition(
-                f"pool {short(self.name)} takes embeddings of dimension {basis.dim_in}, "
-                f"got {embeddings.shape[1]}"
-            )
         first: dict[str, int] = {}
         for j, spec in enumerate(specs):
             first.setdefault(spec.key, j)
@@ -357,6 +356,39 @@ class PoolRuntime:
         new = EmbeddingBasis.fit(rows) if basis is None else None
         cols.embedding = (basis or new).codes(rows)  # type: ignore[union-attr]
         return AddTasks(now, cols, new)
+
+    def _check_known_embeddings(self, specs: Sequence[TaskSpec], embeddings: F32Array) -> None:
+        """Raises when the embedding of a key the pool holds is not the one it has.
+
+        Compared as the pool's int8 codes, one unit apart allowed: the
+        projection's float rounding may differ with the batch it is in.
+
+        Raises:
+            FailedPrecondition: embeddings of a dimension the pool does not take.
+            TaskConflictError: a known key with another embedding.
+        """
+        st = self._state
+        basis, codes = st.embedding_basis, st.embedding_codes
+        if basis is None or codes is None:
+            return  # checked with the new tasks, if there are any
+        if embeddings.shape[1] != basis.dim_in:
+            raise FailedPrecondition(
+                f"pool {short(self.name)} takes embeddings of dimension {basis.dim_in}, "
+                f"got {embeddings.shape[1]}"
+            )
+        where = st.index.lookup([s.key for s in specs])
+        known = np.flatnonzero(where >= 0)
+        if not len(known):
+            return
+        sent = basis.codes(embeddings[known]).astype(np.int16)
+        held = codes[where[known]].astype(np.int16)
+        bad = np.flatnonzero(np.abs(sent - held).max(axis=1) > 1)
+        if len(bad):
+            key = specs[int(known[bad[0]])].key
+            raise TaskConflictError(
+                f"task {short(key)} already exists in pool {short(self.name)} with a different "
+                "embedding"
+            )
 
     def _check_without_embeddings(self) -> None:
         """FailedPrecondition when the pool needs embeddings for the tasks being added."""

@@ -312,3 +312,22 @@ def test_a_pool_too_large_for_the_exact_search_is_refused_without_faiss(stub, mo
         _add(stub, tasks(KEYS[20:], ROWS[20:], False), create=False)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.task_count == 20
+
+
+def test_a_retried_add_must_carry_the_embeddings_the_pool_has(stub):
+    """Re-sending known keys is a retry when their embeddings match; another embedding conflicts."""
+    _add(stub, tasks(KEYS[:8], ROWS[:8], False), create=True)
+    _add(stub, tasks(KEYS[:8], ROWS[:8], False), create=False)  # the same request again
+    moved = ROWS[:8].copy()
+    moved[3] += 5.0
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, tasks(KEYS[:8], moved, False), create=False)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "different embedding" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # new and known keys together: nothing is added
+        _add(stub, tasks([*KEYS[:8], "z"], np.vstack([moved, ROWS[8:9]]), False), create=False)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stub, [pb.Task(key=KEYS[0], embedding=[1.0, 2.0])], create=False)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert stub.GetPool(pb.GetPoolRequest(pool="p")).pool.task_count == 8
