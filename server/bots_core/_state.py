@@ -69,7 +69,11 @@ class Lazy:
         return np.array([self.scale, self.prior, self.weak, self.gap, self.sim])
 
     def to_json(self) -> list[float]:
-        return [self.scale, self.prior, self.weak, self.gap, float(self.steps), self.sim]
+        """The numbers as JSON; ``sim`` only when not 0, so other pools' images read as before."""
+        out = [self.scale, self.prior, self.weak, self.gap, float(self.steps)]
+        if self.sim:
+            out.append(self.sim)
+        return out
 
     @classmethod
     def from_json(cls, raw: Any) -> Lazy:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from bots_core import (
     InterpolationEstimator,
+    Lazy,
     PoolConfig,
     PoolState,
     aggregate,
@@ -187,3 +188,16 @@ def test_tiny_priors_take_the_whole_array_path():
     )
     apply_step(state, aggregate(state, [("a", 1.0, 2.0)]))
     assert state.lazy.identity
+
+
+def test_lazy_numbers_round_trip_and_older_images_read_as_before():
+    plain = Lazy(0.5, 0.25, 0.1, 0.2, 3)
+    assert len(plain.to_json()) == 5  # what images held before the similarity term
+    assert Lazy.from_json(plain.to_json()) == plain
+    folded = Lazy(0.5, 0.25, 0.0, 0.0, 3, sim=0.125)
+    assert Lazy.from_json(folded.to_json()) == folded
+    assert not folded.identity
+    with pytest.raises(ValueError):
+        Lazy.from_json([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError):
+        Lazy.from_json([1.0, 0.0, 0.0, 0.0, 0.0, math.inf])
