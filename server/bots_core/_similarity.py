@@ -64,14 +64,13 @@ class _ErrorTracker:
     def __init__(self) -> None:
         self.mse = math.nan
 
-    def record(self, p: FloatArray, weight: FloatArray, ev: Evidence, idx_mask: npt.NDArray[np.bool_], momentum: float) -> None:  # fmt: skip
-        w = weight[idx_mask]
+    def record(self, p: FloatArray, w: FloatArray, s: FloatArray, t: FloatArray, momentum: float) -> None:  # fmt: skip
+        """Folds in one batch: estimates ``p`` with weights ``w`` against ``s`` / ``t`` observed."""
         if not len(w) or float(w.sum()) <= 0.0:
             return
-        s, t = ev.successes[idx_mask], ev.trials[idx_mask]
         r = s / t
         noise = np.where(t > 1.0, r * (1.0 - r) / np.maximum(t - 1.0, 1.0), 0.0)
-        batch = float(np.average((p[idx_mask] - r) ** 2 - noise, weights=w))
+        batch = float(np.average((p - r) ** 2 - noise, weights=w))
         batch = max(batch, MIN_MSE)
         self.mse = batch if math.isnan(self.mse) else momentum * self.mse + (1 - momentum) * batch
 
@@ -273,21 +272,16 @@ class SimilarityEstimator:
         inside = evidence.indices < n
         if not inside.any():
             return
-        conf = self.confidence(state, evidence.indices[inside])
-        full = np.zeros(len(evidence.indices))
-        full[inside] = conf
-        p_full = np.zeros(len(evidence.indices))
-        p_full[inside] = self.p[evidence.indices[inside]]
-        self.errors.record(p_full, full, evidence, inside, state.config.momentum)
+        idx = np.ascontiguousarray(evidence.indices[inside], dtype=np.int64)
+        s = np.ascontiguousarray(evidence.successes[inside], dtype=np.float64)
+        t = np.ascontiguousarray(evidence.trials[inside], dtype=np.float64)
+        self.errors.record(self.p[idx], self.confidence(state, idx), s, t, state.config.momentum)
 
         step = state.steps_applied
         e = self._exponent(step, self._log_keep(self.memory))
         if e > RESCALE_AT:
             self._rescale(state, step, math.exp(-e))  # 0 when g = 0: only this step counts
             e = 0.0
-        idx = np.ascontiguousarray(evidence.indices[inside], dtype=np.int64)
-        s = np.ascontiguousarray(evidence.successes[inside], dtype=np.float64)
-        t = np.ascontiguousarray(evidence.trials[inside], dtype=np.float64)
         self.observed = True  # even when no sum holds the outcomes (no reverse neighbours)
         from bots_core._select import kernel  # compiled; imported on first use
 
@@ -406,8 +400,9 @@ class CombinedEstimator:
         has = ~np.isnan(state.weak[idx]) if len(idx) else np.zeros(0, dtype=bool)
         if not math.isnan(state.capability) and has.any():
             w, g = state.weak[idx], state.strong[idx]
-            p = np.clip(np.where(has, w + state.capability * (g - w), 0.0), 0.0, 1.0)
-            self.errors.record(p, has.astype(np.float64), evidence, has, state.config.momentum)
+            p = np.clip(w[has] + state.capability * (g[has] - w[has]), 0.0, 1.0)
+            s, t = evidence.successes[has], evidence.trials[has]
+            self.errors.record(p, np.ones(len(p)), s, t, state.config.momentum)
         self.interpolation.observe(state, evidence)
         self.similarity.observe(state, evidence)
 
