@@ -12,6 +12,9 @@ d = 32):
   steps fold into ``Lazy.sim``, docs/similarity.md), and the same step on the
   whole-array path (as a ``bots+similarity`` pool, which mixes the two
   estimates anew every step, still takes it).
+* the folded step against ``apply_step`` under three conditions: each
+  kind back to back (warm caches), taking turns, and each right after a
+  selection of its pool (cold caches, as between the steps of training).
 * with ``--ann``: the time to build the neighbour graph (exact numpy or faiss
   HNSW) and its recall against an exact search of 500 tasks.
 
@@ -36,6 +39,7 @@ from bots_core import (
     PoolConfig,
     PoolState,
     apply_step,
+    select_batch,
 )
 from bots_core._neighbours import NeighbourGraph, exact_neighbours, knn_graph
 from bots_core._similarity import SimilarityEstimator
@@ -96,7 +100,7 @@ def bench_steps(n: int, reps: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     progress(f"N={n:,}: pools and a synthetic graph")
     graph = synthetic_graph(n, rng)
-    evs = batches(n, reps + 1)
+    evs = batches(n, 3 * reps + 1)
     default = make_state(n)
     generic = make_state(n)
     other = OtherInterpolation()
@@ -132,6 +136,28 @@ def bench_steps(n: int, reps: int) -> dict[str, float]:
                 times[name][i] = (time.perf_counter() - t0) * 1e3
     out = {name: float(np.median(t)) for name, t in times.items()}
     out["ratio"] = float(np.median(times["full"] / times["apply_step"]))
+    # The same two steps under the other conditions a server sees: each kind
+    # back to back (warm caches), and each right after a selection of its
+    # pool (which streams every task through the caches, as in training).
+    alone = {}
+    for name in ("apply_step", "full"):
+        t = np.empty(reps)
+        for i in range(reps):
+            t0 = time.perf_counter()
+            variants[name](reps + 1 + i)
+            t[i] = (time.perf_counter() - t0) * 1e3
+        alone[name] = float(np.median(t))
+    out["alone_apply_step"], out["alone_full"] = alone["apply_step"], alone["full"]
+    cold = {name: np.empty(reps) for name in ("apply_step", "full")}
+    for i in range(reps):
+        for name, pool in (("apply_step", default), ("full", full_state)):
+            select_batch(pool, B, 10_000 + i)
+            t0 = time.perf_counter()
+            variants[name](2 * reps + 1 + i)
+            cold[name][i] = (time.perf_counter() - t0) * 1e3
+    out["cold_apply_step"] = float(np.median(cold["apply_step"]))
+    out["cold_full"] = float(np.median(cold["full"]))
+    out["cold_ratio"] = float(np.median(cold["full"] / cold["apply_step"]))
     return out
 
 
@@ -192,12 +218,28 @@ def main(argv: list[str] | None = None) -> int:
           "full step with similarity (folded) | ratio | similarity, whole-array path | "
           "interpolation, whole-array path |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|")
+    results = {}
     for n in sizes:
-        r = bench_steps(n, args.reps)
+        r = results[n] = bench_steps(n, args.reps)
         a = r["apply_step"]
         print(f"| {n:,} | {a:.2f} ms | {r['plug_in']:.2f} ms | {r['full']:.2f} ms | "
               f"**{r['ratio']:.2f}x** | {r['whole']:.2f} ms | {r['generic']:.2f} ms |",
               flush=True)  # fmt: skip
+    print(
+        "\n| N tasks | condition | apply_step (interpolation) | full step with similarity | ratio |"
+    )
+    print("|---:|---|---:|---:|---:|")
+    for n, r in results.items():
+        print(
+            f"| {n:,} | each kind back to back | {r['alone_apply_step']:.2f} ms | "
+            f"{r['alone_full']:.2f} ms | {r['alone_full'] / r['alone_apply_step']:.2f}x |"
+        )
+        print(
+            f"| {n:,} | taking turns (above) | {r['apply_step']:.2f} ms | {r['full']:.2f} ms | "
+            f"{r['ratio']:.2f}x |"
+        )
+        print(f"| {n:,} | each after a selection of its pool | {r['cold_apply_step']:.2f} ms | "
+              f"{r['cold_full']:.2f} ms | {r['cold_ratio']:.2f}x |")  # fmt: skip
     if args.ann:
         print("\n| N tasks | graph build (exact <= 10,000, else faiss HNSW) | recall@16 |")
         print("|---:|---:|---:|")
