@@ -185,8 +185,31 @@ def _posterior(
     the results are bit-identical with the engine's. ``q`` (the similarity
     terms qa, qb: one row per task) is read only when ``sm`` is not 0.
     """
-    a = stored_a[i] * sc + a0[i] * pr
-    b = stored_b[i] * sc + b0[i] * pr
+    return _posterior_of(
+        i, stored_a[i], stored_b[i], a0[i], b0[i], w0, has_ref, g, q, sc, pr, wk, gp, sm
+    )
+
+
+@_inline
+def _posterior_of(
+    i: int,
+    sa: float,
+    sb: float,
+    pa: float,
+    pb: float,
+    w0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
+    g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
+    sc: float,
+    pr: float,
+    wk: float,
+    gp: float,
+    sm: float,
+) -> tuple[float, float]:
+    """:func:`_posterior` of task i with its stored values ``sa``, ``sb`` and prior ``pa``, ``pb``."""
+    a = sa * sc + pa * pr
+    b = sb * sc + pb * pr
     if wk != 0.0 or gp != 0.0:  # the reference terms (0 in pools without an interpolation)
         a = (a + w0[i] * wk) + g[i] * gp
         b = (b + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
@@ -194,6 +217,36 @@ def _posterior(
         a += q[i, 0] * sm
         b += q[i, 1] * sm
     return a, b
+
+
+@_inline
+def _offset(
+    i: int,
+    pa: float,
+    pb: float,
+    w0: npt.NDArray[np.float64],
+    has_ref: npt.NDArray[np.bool_],
+    g: npt.NDArray[np.float64],
+    q: npt.NDArray[np.float64],
+    pr: float,
+    wk: float,
+    gp: float,
+    sm: float,
+) -> tuple[float, float]:
+    """What the pending steps add to task i's posterior beyond ``scale`` times its stored values.
+
+    A stored value is (posterior - offset) / scale (``store_batch``); prior
+    ``pa``, ``pb``.
+    """
+    off_a = pa * pr
+    off_b = pb * pr
+    if wk != 0.0 or gp != 0.0:  # as in _posterior_of: adding 0 terms changes nothing
+        off_a = (off_a + w0[i] * wk) + g[i] * gp
+        off_b = (off_b + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
+    if sm != 0.0:
+        off_a += q[i, 0] * sm
+        off_b += q[i, 1] * sm
+    return off_a, off_b
 
 
 @_jit
@@ -436,11 +489,7 @@ def store_batch(
     sc, pr, wk, gp, sm = lin[0], lin[1], lin[2], lin[3], lin[4]
     for j in range(len(idx)):
         i = idx[j]
-        off_a = (a0[i] * pr + w0[i] * wk) + g[i] * gp
-        off_b = (b0[i] * pr + (1.0 - w0[i] if has_ref[i] else 0.0) * wk) + g[i] * (-gp)
-        if sm != 0.0:
-            off_a += q[i, 0] * sm
-            off_b += q[i, 1] * sm
+        off_a, off_b = _offset(i, a0[i], b0[i], w0, has_ref, g, q, pr, wk, gp, sm)
         stored_a[i] = (new_a[j] - off_a) / sc
         stored_b[i] = (new_b[j] - off_b) / sc
 
@@ -512,15 +561,9 @@ def observe_similarity(
             h = holder[e]
             if not math.isnan(q[h, 0]):
                 pa, pb = (prior[0], prior[1]) if uniform else (a0[h], b0[h])
-                a = stored_a[h] * sc + pa * pr
-                b = stored_b[h] * sc + pb * pr
-                if wk != 0.0 or gp != 0.0:
-                    a = (a + w0[h] * wk) + g[h] * gp
-                    b = (b + (1.0 - w0[h] if has_ref[h] else 0.0) * wk) + g[h] * (-gp)
-                if sm != 0.0:
-                    a += q[h, 0] * sm
-                    b += q[h, 1] * sm
-                pinned_a[e], pinned_b[e] = a, b
+                pinned_a[e], pinned_b[e] = _posterior_of(
+                    h, stored_a[h], stored_b[h], pa, pb, w0, has_ref, g, q, sc, pr, wk, gp, sm
+                )
                 q[h, 0] = math.nan
                 q[h, 1] = e
     for e in range(total):
@@ -541,14 +584,7 @@ def observe_similarity(
             q[h, 0] = ts / dn
             q[h, 1] = (tt - ts) / dn
             pa, pb = (prior[0], prior[1]) if uniform else (a0[h], b0[h])
-            off_a = pa * pr
-            off_b = pb * pr
-            if wk != 0.0 or gp != 0.0:
-                off_a = (off_a + w0[h] * wk) + g[h] * gp
-                off_b = (off_b + (1.0 - w0[h] if has_ref[h] else 0.0) * wk) + g[h] * (-gp)
-            if sm != 0.0:
-                off_a += q[h, 0] * sm
-                off_b += q[h, 1] * sm
+            off_a, off_b = _offset(h, pa, pb, w0, has_ref, g, q, pr, wk, gp, sm)
             stored_a[h] = (pinned_a[slot] - off_a) / sc
             stored_b[h] = (pinned_b[slot] - off_b) / sc
     return total
