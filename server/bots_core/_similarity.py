@@ -304,9 +304,14 @@ class SimilarityEstimator:
             state.changed()
 
     @staticmethod
-    def _terms(s: FloatArray, t: FloatArray, den: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """(qa, qb) of tasks: c p~ = qa g^(t - origin) and c (1 - p~) = qb g^(t - origin)."""
-        return s / den, (t - s) / den
+    def give_terms(state: PoolState, s: FloatArray, t: FloatArray, den: FloatArray) -> None:
+        """Sets the pool's (qa, qb) from sums and denominators of its first tasks (0 beyond).
+
+        c p~ = qa g^(t - origin) and c (1 - p~) = qb g^(t - origin): the same
+        arithmetic as the compiled step (``bots_core._kernel.observe_similarity``).
+        """
+        pad = np.zeros(state.task_count - len(s))
+        state.set_sim_terms(np.concatenate([s / den, pad]), np.concatenate([(t - s) / den, pad]))
 
     def _rescale(self, state: PoolState, step: int, f: float) -> None:
         """Moves the sums' origin to ``step`` (multiplying them by ``f``), terms included.
@@ -320,12 +325,7 @@ class SimilarityEstimator:
         self.sums[:, :2] *= f
         self.origin = step
         if self.folds and state.sim_terms is not None:
-            qa, qb = self._terms(self.sum_s, self.sum_t, self.den)
-            m = len(qa)
-            if m < state.task_count:  # tasks beyond the graph keep no terms
-                pad = np.zeros(state.task_count - m)
-                qa, qb = np.concatenate([qa, pad]), np.concatenate([qb, pad])
-            state.set_sim_terms(qa, qb)
+            self.give_terms(state, self.sum_s, self.sum_t, self.den)
 
     def confidence(
         self, state: PoolState, tasks: npt.NDArray[np.int64] | None = None
@@ -459,9 +459,7 @@ def complete_state(state: PoolState, saved: EstimatorState) -> EstimatorState:
     elif len(den) != n:
         raise InvalidInputError(f"estimator state of {n} tasks with {len(den)} denominators")
     if state.config.estimator is EstimatorKind.SIMILARITY:
-        qa, qb = SimilarityEstimator._terms(saved.sum_s, saved.sum_t, den)
-        pad = np.zeros(state.task_count - n)
-        state.set_sim_terms(np.concatenate([qa, pad]), np.concatenate([qb, pad]))
+        SimilarityEstimator.give_terms(state, saved.sum_s, saved.sum_t, den)
     return saved
 
 
