@@ -256,12 +256,15 @@ def warm_up_kernel() -> threading.Thread:
 
 
 def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint64]:
-    """xoshiro256** states of a selection's chunks: chunk ``c`` is spawn key (..., c)."""
-    seeds = np.empty((chunks, 4), dtype=np.uint64)
+    """Seeds of a selection's chunks: chunk ``c`` is spawn key (..., c).
+
+    A row is a xoshiro256** state (4 words) and a SplitMix64 key (the 5th).
+    """
+    seeds = np.empty((chunks, 5), dtype=np.uint64)
     for ci in range(chunks):
         child = np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
-        seeds[ci] = child.generate_state(4, np.uint64)
-    seeds[~seeds.any(axis=1), 0] = 1  # the all-zero state is xoshiro's only fixed point
+        seeds[ci] = child.generate_state(5, np.uint64)
+    seeds[~seeds[:, :4].any(axis=1), 0] = 1  # the all-zero state is xoshiro's only fixed point
     return seeds
 
 
@@ -310,8 +313,8 @@ def beta_draws(alpha: FloatArray, beta: FloatArray, rng: np.random.Generator) ->
     b = np.ascontiguousarray(beta, dtype=np.float64)
     if not (np.all((a > 0) & (a < np.inf)) and np.all((b > 0) & (b < np.inf))):
         raise CorruptStateError("a posterior is not a finite positive number: cannot draw from it")
-    seed = rng.integers(0, np.iinfo(np.uint64).max, size=4, dtype=np.uint64, endpoint=True)
-    if not seed.any():
+    seed = rng.integers(0, np.iinfo(np.uint64).max, size=5, dtype=np.uint64, endpoint=True)
+    if not seed[:4].any():
         seed[0] = 1
     out: FloatArray = kernel().betas(seed, a, b)
     return out
