@@ -383,7 +383,9 @@ def draw_chunk(
     The key is ``|p - goal|``, or with ``tau > 0`` ``|p - goal| / tau``
     minus a Gumbel draw (softmax, smaller is better). Returns (how many were
     kept, the smallest key dropped, inf if none); the count is -1 when a shape
-    is not a finite positive number. ``goal`` is ``target``, or ``target -
+    is not a finite positive number. A key dropped while above the heap's
+    top is left out of that minimum: it is above every chunk's final top,
+    so above any cut the caller takes. ``goal`` is ``target``, or ``target -
     shift[i]`` when ``shift`` is not empty (a run's own view, docs/algorithm.md §8).
     When ``lin`` is not empty, ``alpha`` and ``beta`` are stored columns and
     ``lin`` = (scale, prior, weak, gap, sim) the pending steps (``bots_core.Lazy``):
@@ -401,23 +403,54 @@ def draw_chunk(
     sm = lin[4] if lazy else 0.0
     scratch = _scratch()
     a64, b64, p = scratch[0], scratch[1], scratch[8]
+    keys = np.empty(_BLOCK)
     m = 0
     dropped = math.inf
     for first in range(lo, hi, _BLOCK):
         mb = min(_BLOCK, hi - first)
+        if lazy:
+            for j in range(mb):
+                a64[j], b64[j] = _posterior(
+                    first + j, alpha, beta, a0, b0, w0, has_ref, g, q, sc, pr, wk, gp, sm
+                )
+            sa, sb = a64[:mb], b64[:mb]
+        else:
+            sa, sb = alpha[first : first + mb], beta[first : first + mb]
         valid = True
         for j in range(mb):
-            i = first + j
-            if lazy:
-                a, b = _posterior(i, alpha, beta, a0, b0, w0, has_ref, g, q, sc, pr, wk, gp, sm)
-            else:
-                a, b = alpha[i], beta[i]
-            a64[j] = a
-            b64[j] = b
-            valid &= (a > 0.0) & (b > 0.0) & (a < math.inf) & (b < math.inf)
+            valid &= (sa[j] > 0.0) & (sb[j] > 0.0) & (sa[j] < math.inf) & (sb[j] < math.inf)
         if not valid:
             return -1, dropped
-        st = _draw_block(a64, b64, key, first, mb, scratch, st)
+        st = _draw_block(sa, sb, key, first, mb, scratch, st)
+        if m == k and tau == 0.0:
+            # The heap is full and its top only shrinks: a task whose key is
+            # not below the top now is dropped, and it can matter to the
+            # caller only if it equals the top (it then may tie the final
+            # cut, which is at most every chunk's top). The few tasks below
+            # the top are looked at one by one.
+            top = out_key[0]
+            below = 0
+            ties = 0
+            for j in range(mb):
+                key_j = abs(p[j] - (target - shift[first + j] if moved else target))
+                keys[j] = key_j
+                below += key_j < top
+                ties += key_j == top
+            if ties > 0:
+                dropped = min(dropped, top)
+            for j in range(mb if below > 0 else 0):
+                key_j = keys[j]
+                if key_j >= top:
+                    continue
+                if key_j < out_key[0]:
+                    dropped = min(dropped, out_key[0])
+                    out_key[0] = key_j
+                    out_pos[0] = first + j
+                    out_draw[0] = p[j]
+                    _sift_down(out_key, out_pos, out_draw, k)
+                else:
+                    dropped = min(dropped, key_j)
+            continue
         for j in range(mb):
             i = first + j
             key_i = abs(p[j] - (target - shift[i] if moved else target))
@@ -473,13 +506,12 @@ def betas(
     """One Beta(alpha[i], beta[i]) draw each, by the selection's sampler (``seed``: 5 words)."""
     st = (seed[0], seed[1], seed[2], seed[3])
     scratch = _scratch()
-    a64, b64, p = scratch[0], scratch[1], scratch[8]
+    p = scratch[8]
     out = np.empty(len(alpha))
     for first in range(0, len(alpha), _BLOCK):
         mb = min(_BLOCK, len(alpha) - first)
-        a64[:mb] = alpha[first : first + mb]
-        b64[:mb] = beta[first : first + mb]
-        st = _draw_block(a64, b64, seed[4], first, mb, scratch, st)
+        sa, sb = alpha[first : first + mb], beta[first : first + mb]
+        st = _draw_block(sa, sb, seed[4], first, mb, scratch, st)
         out[first : first + mb] = p[:mb]
     return out
 
