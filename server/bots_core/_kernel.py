@@ -300,19 +300,22 @@ Scratch = tuple[
     npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.float32],
     npt.NDArray[np.float32], npt.NDArray[np.uint64], npt.NDArray[np.float32],
     npt.NDArray[np.float32], npt.NDArray[np.uint8], npt.NDArray[np.float64],
-    npt.NDArray[np.int64], npt.NDArray[np.uint8],
+    npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.uint32],
+    npt.NDArray[np.float32], npt.NDArray[np.float32],
 ]  # fmt: skip
 
 
 @_jit
 def _scratch() -> Scratch:
-    """Buffers of one block: shapes (float64, float32), bits, attempts, flags, draws, a list."""
+    """Buffers of one block: shapes (float64, float32), bits, attempts, flags, draws, and the
+    gathered attempts that the squeeze left open."""
     n = _BLOCK
     return (
         np.empty(n), np.empty(n), np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32),
         np.empty(2 * n, dtype=np.uint64), np.empty(n, dtype=np.float32),
         np.empty(n, dtype=np.float32), np.empty(n, dtype=np.uint8), np.empty(n),
-        np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8),
+        np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint32),
+        np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32),
     )  # fmt: skip
 
 
@@ -334,13 +337,15 @@ def _draw_block(
     gets a fresh draw of the exact scalar sampler from ``st``, the chunk's
     xoshiro256** stream, in task order. Returns the stream's new state.
     """
-    _, _, a32, b32, raw, wa, wb, flag, p, lanes, verdict = scratch
+    _, _, a32, b32, raw, wa, wb, flag, p, lanes, verdict, u_word, w_open, d_open = scratch
     for j in range(m):
         a32[j] = np.float32(a64[j])
         b32[j] = np.float32(b64[j])
     _lanes.fill_bits(key, first, m, raw)
     bits = raw.view(np.uint32)
-    _lanes.candidates(a32, b32, bits, wa, wb, flag, m, lanes, verdict)
+    _lanes.candidates(
+        a32, b32, bits, wa, wb, flag, m, lanes, verdict, u_word, w_open, d_open
+    )
     _lanes.ratios(a64, b64, wa, wb, p, m)
     for j in range(m):
         f = flag[j]

@@ -32,6 +32,7 @@ IEEE operations on any x86-64 CPU, vectorized or not.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -111,6 +112,20 @@ def _split32(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
     return types.UniTuple(types.float32, 2)(types.float32), codegen
 
 
+@intrinsic
+def _wide(typingctx: Any) -> Any:  # noqa: ARG001
+    """Lets LLVM use 512-bit vectors in the calling function (it prefers 256 on AVX-512 CPUs)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:  # noqa: ARG001
+        # llvmlite lists no string attributes, so the set's own add is used; a
+        # backend without 512-bit vectors ignores the attribute.
+        with contextlib.suppress(Exception):
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
 @_inline
 def _mix(z: np.uint64) -> np.uint64:
     """SplitMix64's output function (Steele, Lea and Flood, 2014)."""
@@ -161,6 +176,7 @@ def _normal_pair(r: np.uint32, r_angle: np.uint32) -> tuple[np.float32, np.float
 @_jit
 def fill_bits(key: np.uint64, first: int, m: int, out: npt.NDArray[np.uint64]) -> None:
     """The bits of tasks first..first + m - 1: SplitMix64 outputs 2i and 2i + 1 of ``key``."""
+    _wide()
     for j in range(2 * m):
         out[j] = _mix(key + np.uint64(2 * first + j) * _GOLDEN)
 
@@ -235,19 +251,17 @@ def _squeezed(word: np.uint32, x: np.float32) -> bool:
 
 
 @_jit
-def _decide_listed(
-    lanes: npt.NDArray[np.int64],
-    n: int,
-    bits: npt.NDArray[np.uint32],
-    word: int,
+def _decide_all(
+    word: npt.NDArray[np.uint32],
     w: npt.NDArray[np.float32],
-    shape: npt.NDArray[np.float32],
+    d: npt.NDArray[np.float32],
     out: npt.NDArray[np.uint8],
+    n: int,
 ) -> None:
-    """``_decide`` of the attempts of the listed lanes (``word``: which word of their bits is u)."""
+    """``_decide`` of n attempts gathered into contiguous arrays."""
+    _wide()
     for r in range(n):
-        j = lanes[r]
-        out[r] = _decide(bits[4 * j + word], w[j], shape[j] - _THIRD)
+        out[r] = _decide(word[r], w[r], d[r])
 
 
 @_jit
@@ -261,14 +275,18 @@ def candidates(
     m: int,
     lanes: npt.NDArray[np.int64],
     verdict: npt.NDArray[np.uint8],
+    u_word: npt.NDArray[np.uint32],
+    w_open: npt.NDArray[np.float32],
+    d_open: npt.NDArray[np.float32],
 ) -> None:
     """One Marsaglia–Tsang attempt for each of the m tasks' two Gammas (4 words of bits each).
 
-    The squeeze accepts about 92 % of attempts; the others are listed and get
-    the float32 test (``_decide``) on the lanes, list by list (``lanes`` and
-    ``verdict``: room for m entries). Short loops: a long one would keep
+    The squeeze accepts about 92 % of attempts; the others are gathered and
+    get the float32 test (``_decide``) on the lanes, Gamma by Gamma (``lanes``,
+    ``verdict``, ``u_word``, ``w_open``, ``d_open``: room for m entries each). Short loops: a long one would keep
     one iteration's chain of dependent steps in flight, not several.
     """
+    _wide()
     for j in range(m):
         wa[j], wb[j] = _normal_pair(bits[4 * j], bits[4 * j + 1])
     for j in range(m):
@@ -287,10 +305,13 @@ def candidates(
         flag[j] = need if inside else np.uint8(OUTSIDE)
     for gamma, word, w, shape in ((NEED_A, 2, wa, a32), (NEED_B, 3, wb, b32)):
         n = 0
-        for j in range(m):
+        for j in range(m):  # gathers the attempts the squeeze left open, without branches
             lanes[n] = j
+            u_word[n] = bits[4 * j + word]
+            w_open[n] = w[j]
+            d_open[n] = shape[j] - _THIRD
             n += (flag[j] & np.uint8(gamma | OUTSIDE | REJECT)) == np.uint8(gamma)
-        _decide_listed(lanes, n, bits, word, w, shape, verdict)
+        _decide_all(u_word, w_open, d_open, verdict, n)
         for r in range(n):
             j = lanes[r]
             v = verdict[r]

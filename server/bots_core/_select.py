@@ -256,14 +256,13 @@ def warm_up_kernel() -> threading.Thread:
 
 
 def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint64]:
-    """Seeds of a selection's chunks: chunk ``c`` is spawn key (..., c).
+    """Seeds of a selection's chunks: row c is words 5c to 5c + 4 of ``ss``'s state.
 
     A row is a xoshiro256** state (4 words) and a SplitMix64 key (the 5th).
+    Word i of ``generate_state`` does not depend on how many are asked for,
+    so a chunk's seed does not depend on the pool's size beyond it.
     """
-    seeds = np.empty((chunks, 5), dtype=np.uint64)
-    for ci in range(chunks):
-        child = np.random.SeedSequence(entropy=ss.entropy, spawn_key=(*ss.spawn_key, ci))
-        seeds[ci] = child.generate_state(5, np.uint64)
+    seeds = ss.generate_state(5 * chunks, np.uint64).reshape(chunks, 5)
     seeds[~seeds[:, :4].any(axis=1), 0] = 1  # the all-zero state is xoshiro's only fixed point
     return seeds
 
