@@ -314,8 +314,9 @@ def _scratch() -> Scratch:
         np.empty(n), np.empty(n), np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32),
         np.empty(2 * n, dtype=np.uint64), np.empty(n, dtype=np.float32),
         np.empty(n, dtype=np.float32), np.empty(n, dtype=np.uint8), np.empty(n),
-        np.empty(n, dtype=np.int64), np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint32),
-        np.empty(n, dtype=np.float32), np.empty(n, dtype=np.float32),
+        np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.uint8),
+        np.empty(2 * n, dtype=np.uint32), np.empty(2 * n, dtype=np.float32),
+        np.empty(2 * n, dtype=np.float32),
     )  # fmt: skip
 
 
@@ -338,9 +339,6 @@ def _draw_block(
     xoshiro256** stream, in task order. Returns the stream's new state.
     """
     _, _, a32, b32, raw, wa, wb, flag, p, lanes, verdict, u_word, w_open, d_open = scratch
-    for j in range(m):
-        a32[j] = np.float32(a64[j])
-        b32[j] = np.float32(b64[j])
     _lanes.fill_bits(key, first, m, raw)
     bits = raw.view(np.uint32)
     _lanes.candidates(
@@ -421,10 +419,7 @@ def draw_chunk(
             sa, sb = a64[:mb], b64[:mb]
         else:
             sa, sb = alpha[first : first + mb], beta[first : first + mb]
-        valid = True
-        for j in range(mb):
-            valid &= (sa[j] > 0.0) & (sb[j] > 0.0) & (sa[j] < math.inf) & (sb[j] < math.inf)
-        if not valid:
+        if not _lanes.shapes32(sa, sb, scratch[2], scratch[3], mb):
             return -1, dropped
         st = _draw_block(sa, sb, key, first, mb, scratch, st)
         if m == k and tau == 0.0:
@@ -434,13 +429,7 @@ def draw_chunk(
             # cut, which is at most every chunk's top). The few tasks below
             # the top are looked at one by one.
             top = out_key[0]
-            below = 0
-            ties = 0
-            for j in range(mb):
-                key_j = abs(p[j] - (target - shift[first + j] if moved else target))
-                keys[j] = key_j
-                below += key_j < top
-                ties += key_j == top
+            below, ties = _lanes.distances(p, target, shift, first, top, keys, mb)
             if ties > 0:
                 dropped = min(dropped, top)
             for j in range(mb if below > 0 else 0):
@@ -516,6 +505,7 @@ def betas(
     for first in range(0, len(alpha), _BLOCK):
         mb = min(_BLOCK, len(alpha) - first)
         sa, sb = alpha[first : first + mb], beta[first : first + mb]
+        _lanes.shapes32(sa, sb, scratch[2], scratch[3], mb)
         st = _draw_block(sa, sb, seed[4], first, mb, scratch, st)
         out[first : first + mb] = p[:mb]
     return out

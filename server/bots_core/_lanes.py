@@ -265,6 +265,24 @@ def _decide_all(
 
 
 @_jit
+def shapes32(
+    a: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    a32: npt.NDArray[np.float32],
+    b32: npt.NDArray[np.float32],
+    m: int,
+) -> bool:
+    """The shapes in float32, and whether all are finite positive numbers."""
+    _wide()
+    valid = True
+    for j in range(m):
+        a32[j] = np.float32(a[j])
+        b32[j] = np.float32(b[j])
+        valid &= (a[j] > 0.0) & (b[j] > 0.0) & (a[j] < math.inf) & (b[j] < math.inf)
+    return valid
+
+
+@_jit
 def candidates(
     a32: npt.NDArray[np.float32],
     b32: npt.NDArray[np.float32],
@@ -283,7 +301,8 @@ def candidates(
 
     The squeeze accepts about 92 % of attempts; the others are gathered and
     get the float32 test (``_decide``) on the lanes, Gamma by Gamma (``lanes``,
-    ``verdict``, ``u_word``, ``w_open``, ``d_open``: room for m entries each). Short loops: a long one would keep
+    ``verdict``, ``u_word``, ``w_open``, ``d_open``: room for 2m entries each,
+    m for each Gamma). Short loops: a long one would keep
     one iteration's chain of dependent steps in flight, not several.
     """
     _wide()
@@ -303,22 +322,63 @@ def candidates(
         inside = (a >= _ONE) & (b >= _ONE) & (a <= _SHAPE_MAX) & (b <= _SHAPE_MAX)
         need |= np.uint8(REJECT) if (w1 <= -_ONE) | (w2 <= -_ONE) else np.uint8(0)
         flag[j] = need if inside else np.uint8(OUTSIDE)
-    for gamma, word, w, shape in ((NEED_A, 2, wa, a32), (NEED_B, 3, wb, b32)):
-        n = 0
-        for j in range(m):  # gathers the attempts the squeeze left open, without branches
-            lanes[n] = j
-            u_word[n] = bits[4 * j + word]
-            w_open[n] = w[j]
-            d_open[n] = shape[j] - _THIRD
-            n += (flag[j] & np.uint8(gamma | OUTSIDE | REJECT)) == np.uint8(gamma)
-        _decide_all(u_word, w_open, d_open, verdict, n)
-        for r in range(n):
-            j = lanes[r]
-            v = verdict[r]
-            if v == np.uint8(0):
-                flag[j] &= ~np.uint8(gamma)
-            elif v == np.uint8(2):
-                flag[j] |= np.uint8(REJECT)
+    # Gathers the attempts the squeeze left open, without branches: X's at
+    # the front of the buffers, Y's from position m on.
+    na = 0
+    nb = m
+    for j in range(m):
+        f = flag[j]
+        lanes[na] = j
+        u_word[na] = bits[4 * j + 2]
+        w_open[na] = wa[j]
+        d_open[na] = a32[j] - _THIRD
+        na += (f & np.uint8(NEED_A | OUTSIDE | REJECT)) == np.uint8(NEED_A)
+        lanes[nb] = j
+        u_word[nb] = bits[4 * j + 3]
+        w_open[nb] = wb[j]
+        d_open[nb] = b32[j] - _THIRD
+        nb += (f & np.uint8(NEED_B | OUTSIDE | REJECT)) == np.uint8(NEED_B)
+    _decide_all(u_word, w_open, d_open, verdict, na)
+    _decide_all(u_word[m:], w_open[m:], d_open[m:], verdict[m:], nb - m)
+    for r in range(na):
+        _merge(flag, lanes[r], verdict[r], np.uint8(NEED_A))
+    for r in range(m, nb):
+        _merge(flag, lanes[r], verdict[r], np.uint8(NEED_B))
+
+
+@_inline
+def _merge(flag: npt.NDArray[np.uint8], j: int, verdict: np.uint8, gamma: np.uint8) -> None:
+    """A float32 verdict into lane j's flag: accepted clears ``gamma``, rejected sets REJECT."""
+    if verdict == np.uint8(0):
+        flag[j] &= ~gamma
+    elif verdict == np.uint8(2):
+        flag[j] |= np.uint8(REJECT)
+
+
+@_jit
+def distances(
+    p: npt.NDArray[np.float64],
+    target: float,
+    shift: npt.NDArray[np.float64],
+    first: int,
+    top: float,
+    keys: npt.NDArray[np.float64],
+    m: int,
+) -> tuple[int, int]:
+    """keys = |p - goal| (goal: target, or target - shift[first + j] when ``shift`` is not empty).
+
+    Returns how many keys are below ``top`` and how many equal it.
+    """
+    _wide()
+    below = 0
+    ties = 0
+    moved = len(shift) > 0
+    for j in range(m):
+        key = abs(p[j] - (target - shift[first + j] if moved else target))
+        keys[j] = key
+        below += key < top
+        ties += key == top
+    return below, ties
 
 
 @_jit
@@ -331,6 +391,7 @@ def ratios(
     m: int,
 ) -> None:
     """p = X / (X + Y) with X = (a - 1/3)(1 + wa)**3 and Y likewise, in float64."""
+    _wide()
     for j in range(m):
         va = 1.0 + np.float64(wa[j])
         vb = 1.0 + np.float64(wb[j])
