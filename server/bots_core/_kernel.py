@@ -1,21 +1,38 @@
 """Compiled Thompson draw (numba): Beta draws and each chunk's best ``k`` in one pass.
 
 For every task of a chunk the kernel draws p ~ Beta(alpha, beta) as
-X / (X + Y) with X ~ Gamma(alpha), Y ~ Gamma(beta) (Marsaglia and Tsang,
-2000; shapes below 1 by Gamma(a) = Gamma(a + 1) U^(1/a), in log space so tiny
-shapes cannot underflow), its normals from a 256-layer ziggurat (Marsaglia and
-Tsang, 2000, the construction numpy uses) and its bits from xoshiro256**
-seeded per chunk, and keeps the chunk's ``k`` smallest ranking keys in a heap.
-Nothing of the pool's size is allocated. All arithmetic is float64.
+X / (X + Y) with X ~ Gamma(alpha), Y ~ Gamma(beta), block by block (1,024
+tasks):
 
-Measured against the library call it replaces (numpy's
-``Generator.standard_gamma(dtype=float32)`` per chunk on the same threads and
-seeds, plus ``argpartition``), whole engine select with B = 256 on the 2-core
-VM, same run: 25.5 ms against 41.0 ms at N = 1M (1.61x), 243 ms against
-412 ms at N = 10M (1.70x); 2.0x and 2.17x in an earlier run
-(``python bench/bench_scale.py``, docs/benchmarks.md).
-Statistical tests: tests/unit/test_sampling.py (KS tests
-of the normals, Gammas and Betas, the exact Thompson pick probability).
+* **First pass, on SIMD lanes** (``bots_core._lanes``): one Marsaglia-Tsang
+  (2000) attempt per Gamma from Box-Muller normals, in branch-free float32
+  with counter-based bits (SplitMix64 of the chunk's key and the task's
+  index), and X / (X + Y) in float64. Attempts the squeeze leaves open get a
+  float32 test with proven error bounds; those still open (about 3 in
+  100,000) get the exact float64 test.
+* **Fix-ups, one by one**: a task whose attempt was rejected (about 1 in 90
+  for shapes from 1 to 40), or whose shape is outside [1, 1e30], gets a
+  fresh exact draw: Marsaglia-Tsang with normals from a 256-layer ziggurat
+  (the construction numpy uses) and bits from xoshiro256** seeded per chunk,
+  in task order; shapes below 1 by Gamma(a) = Gamma(a + 1) U^(1/a), in log
+  space so tiny shapes cannot underflow. Drawing again after a rejection
+  keeps the draw exact (``bots_core._lanes``).
+* **Keeping the best k**: a max-heap per chunk. Once it is full, a block's
+  keys are computed on the lanes and only the few below the heap's top are
+  looked at.
+
+Nothing of the pool's size is allocated. The draw is a pure function of the
+chunk's seed, whatever thread runs it; the float32 pass may fuse multiplies
+and adds (FMA), so a CPU without FMA draws other last bits.
+
+Measured (``python bench/bench_scale.py``, docs/benchmarks.md): whole engine
+select with B = 256 at N = 1M on the 2-core VM against numpy's
+``Generator.standard_gamma(dtype=float32)`` per chunk on the same threads
+and seeds; the figures are in docs/benchmarks.md. Statistical tests:
+tests/unit/test_sampling.py (KS tests of the Betas, the exact Thompson pick
+probability; the scalar sampler's normals and Gammas) and
+tests/unit/test_lanes.py (the first pass: its log, normals, and that every
+attempt it decides is decided as the exact test decides).
 """
 
 from __future__ import annotations
@@ -332,6 +349,7 @@ def _draw_block(
 ) -> State:
     """p ~ Beta(a64[j], b64[j]) into ``scratch``'s draws, j < m, for tasks first + j of a block.
 
+    ``scratch`` holds the shapes in float32 already (``_lanes.shapes32``).
     The first pass runs on SIMD lanes (``bots_core._lanes``). A lane whose
     pair of attempts does not stand (about 1 in 90 for shapes from 1 to 40,
     1 in 17 for shapes from 1 to 2), or whose shape is outside [1, 1e30],
@@ -341,9 +359,7 @@ def _draw_block(
     _, _, a32, b32, raw, wa, wb, flag, p, lanes, verdict, u_word, w_open, d_open = scratch
     _lanes.fill_bits(key, first, m, raw)
     bits = raw.view(np.uint32)
-    _lanes.candidates(
-        a32, b32, bits, wa, wb, flag, m, lanes, verdict, u_word, w_open, d_open
-    )
+    _lanes.candidates(a32, b32, bits, wa, wb, flag, m, lanes, verdict, u_word, w_open, d_open)
     _lanes.ratios(a64, b64, wa, wb, p, m)
     for j in range(m):
         f = flag[j]

@@ -1,33 +1,39 @@
 """The selection kernel's first pass over a block of tasks: branch-free float32 code on SIMD lanes.
 
-Each task of a block gets one Marsaglia–Tsang attempt for each of its two
+Each task of a block gets one Marsaglia-Tsang attempt for each of its two
 Gamma draws (X ~ Gamma(alpha), Y ~ Gamma(beta), p = X / (X + Y)):
 
 * **Bits.** Counter-based: task i's 128 bits are SplitMix64 outputs number
   2i and 2i + 1 of the chunk's key (``mix(key + c * golden)``), so any task's
   bits are computed without the others', in any order, on any lane.
-* **Normals.** A Box–Muller pair from two 32-bit uniforms, with a float32
-  logarithm (``_log32``, relative error about 1.2e-7) and sine/cosine
-  (``_sincos32``, about 5e-8) written as polynomials, so LLVM vectorizes
-  them (numba's libm calls would not). Uniforms are (k + 1/2) / 2**32: the
-  pair never exceeds 6.7 standard deviations, which a normal does with
-  probability 2e-11.
-* **Acceptance.** Marsaglia and Tsang's squeeze ``u < 1 - 0.0331 x**4``,
-  tested with a margin of 2**-18 so that float32 rounding can only send a
-  lane to the exact test, never accept one the exact test would reject.
+* **Normals.** A Box-Muller pair from two 32-bit uniforms, with a float32
+  logarithm (``_log32``, relative error about 1.2e-7) and sine and cosine
+  (``_sincos32``, about 5e-8) written as polynomials, so that LLVM
+  vectorizes them (it cannot vectorize numba's libm calls). Uniforms are
+  (k + 1/2) / 2**32: the pair never exceeds 6.7 standard deviations, which a
+  normal does with probability 2e-11.
+* **The attempt** is d (1 + w)**3 with d = shape - 1/3 and w = x / sqrt(9 d),
+  accepted when log u < 3 d R(w) (Marsaglia and Tsang's test, rewritten
+  without cancellation, ``mt_accepts``). Their squeeze u < 1 - 0.0331 x**4,
+  with a margin of 2**-18 for float32 rounding, accepts about 92 % of
+  attempts at the cost of a few multiplications.
+* **Open attempts** are gathered and tested in float32 (``_decide``): bounds
+  of exp(T) with T's rounding error (``log_accept_bound``) either accept,
+  reject, or leave the attempt open; the kernel gives the few still open
+  (about 3 in 100,000) the exact float64 test. Rounding can only leave an
+  attempt open, never decide it against the exact test
+  (tests/unit/test_lanes.py checks this near the boundary).
 
-The pass writes each attempt's w = x / sqrt(9 d) (the candidate is
-d (1 + w)**3, d = shape - 1/3) and a flag: which attempts the squeeze left
-undecided (``NEED_A``, ``NEED_B``) and whether the lane must be drawn again
-from scratch (``REDO``: a shape below 1 or above 1e30, or 1 + w <= 0, a
-rejection). The kernel (``bots_core._kernel``) finishes flagged lanes one by
-one: the exact float64 test of ``_mt_accepts`` on the same candidate, and a
-fresh exact draw for a rejected lane. A fresh draw after a rejection of
-either attempt keeps the Beta exact: the kept first attempts are a pair of
-independent Marsaglia–Tsang acceptances, i.e. a pair of Gamma draws.
+The pass writes each attempt's w and a flag per task (``NEED_A``, ``NEED_B``:
+open; ``REJECT``; ``OUTSIDE``: a shape outside [1, 1e30], for the scalar
+sampler). The kernel (``bots_core._kernel``) draws a task whose attempt was
+rejected again from scratch with the exact scalar sampler. That keeps the
+Beta exact: the attempts the lanes keep are pairs of independent
+Marsaglia-Tsang acceptances, that is, pairs of Gamma draws, and a task
+drawn again is an independent exact draw.
 
-Floating-point contraction (FMA) is off, so every lane computes the same
-IEEE operations on any x86-64 CPU, vectorized or not.
+Every lane computes the same IEEE operations, whether LLVM makes 4, 8 or 16
+lanes of them or none, so the draws do not depend on the vector width.
 """
 
 from __future__ import annotations
@@ -92,31 +98,35 @@ _MARGIN = _f32(2.0**-18)
 _SHAPE_MAX = _f32(1e30)
 
 
-@intrinsic
-def _split32(typingctx: Any, x: Any) -> Any:  # noqa: ARG001
+def _split32_typer(typingctx: Any, x: Any) -> Any:
     """(e, m) with x = 2**e m, m in [sqrt(1/2), sqrt(2)), for a positive normal float32 x.
 
     Written in LLVM IR so that the integer steps stay 32 bits wide (numba
     would widen them to 64, which halves the SIMD lanes).
     """
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:  # noqa: ARG001
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         i32, f32 = ir.IntType(32), ir.FloatType()
         # Adding sqrt(2)'s mantissa gap moves the exponent's cut to sqrt(1/2).
         t = builder.add(builder.bitcast(args[0], i32), ir.Constant(i32, 0x004AFB0D))
         e = builder.sub(builder.lshr(t, ir.Constant(i32, 23)), ir.Constant(i32, 127))
-        mant = builder.add(builder.and_(t, ir.Constant(i32, 0x007FFFFF)), ir.Constant(i32, 0x3F3504F3))
+        mant = builder.add(
+            builder.and_(t, ir.Constant(i32, 0x007FFFFF)), ir.Constant(i32, 0x3F3504F3)
+        )
         parts = [builder.sitofp(e, f32), builder.bitcast(mant, f32)]
         return context.make_tuple(builder, signature.return_type, parts)
 
-    return types.UniTuple(types.float32, 2)(types.float32), codegen
+    sig = types.UniTuple(types.float32, 2)(types.float32)  # type: ignore[no-untyped-call]
+    return sig, codegen
 
 
-@intrinsic
-def _wide(typingctx: Any) -> Any:  # noqa: ARG001
+_split32: Any = intrinsic(_split32_typer)
+
+
+def _wide_typer(typingctx: Any) -> Any:
     """Lets LLVM use 512-bit vectors in the calling function (it prefers 256 on AVX-512 CPUs)."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:  # noqa: ARG001
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         # llvmlite lists no string attributes, so the set's own add is used; a
         # backend without 512-bit vectors ignores the attribute.
         with contextlib.suppress(Exception):
@@ -126,12 +136,16 @@ def _wide(typingctx: Any) -> Any:  # noqa: ARG001
     return types.none(), codegen
 
 
+_wide: Any = intrinsic(_wide_typer)
+
+
 @_inline
 def _mix(z: np.uint64) -> np.uint64:
     """SplitMix64's output function (Steele, Lea and Flood, 2014)."""
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    out: np.uint64 = z ^ (z >> np.uint64(31))
+    return out
 
 
 @_inline
@@ -146,7 +160,8 @@ def _log32(x: np.float32) -> np.float32:
     p = p * f + _P2
     p = p * f + _P1
     p = p * f + _P0
-    return e * _LN2 + (f - _HALF * f * f + f * f * f * p)
+    out: np.float32 = e * _LN2 + (f - _HALF * f * f + f * f * f * p)
+    return out
 
 
 @_inline
@@ -166,7 +181,7 @@ def _sincos32(t: np.float32) -> tuple[np.float32, np.float32]:
 
 @_inline
 def _normal_pair(r: np.uint32, r_angle: np.uint32) -> tuple[np.float32, np.float32]:
-    """Two independent standard normals (Box–Muller) from two 32-bit words."""
+    """Two independent standard normals (Box-Muller) from two 32-bit words."""
     u = _f32(r) * _U32 + _H32
     rad = math.sqrt(max(_MINUS_TWO * _log32(u), _ZERO))
     c, s = _sincos32(_f32(r_angle) * _U32)
@@ -207,8 +222,15 @@ def log_accept_bound(w: np.float32, d: np.float32) -> tuple[np.float32, np.float
     log1p = _log32(one_w)
     direct = three_d * (log1p - w * (_ONE - w * (_HALF - w * _THIRD)))
     t = series if small else direct
-    slack = _f32(0.0) if small else three_d * (
-        _f32(5e-7) * abs(log1p) + _f32(2.5e-7) / one_w + _f32(1.2e-6) * (abs(w) + w2 + abs(w2 * w))
+    slack = (
+        _f32(0.0)
+        if small
+        else three_d
+        * (
+            _f32(5e-7) * abs(log1p)
+            + _f32(2.5e-7) / one_w
+            + _f32(1.2e-6) * (abs(w) + w2 + abs(w2 * w))
+        )
     )
     return t, _f32(4e-6) * max(abs(t), _f32(1e-30)) + slack
 
@@ -239,7 +261,8 @@ def _decide(word: np.uint32, w: np.float32, d: np.float32) -> np.uint8:
     _, hi = _exp_bounds(_QUARTER * min(t + err, _ZERO))
     accept = u < lo * _f32(1.0 - 2e-6) - _f32(1e-7)
     reject = (u > hi * _f32(1.0 + 2e-6) + _f32(1e-7)) | (w <= -_ONE)
-    return np.uint8(2) if reject else (np.uint8(0) if accept else np.uint8(1))
+    verdict: np.uint8 = np.uint8(2 if reject else (0 if accept else 1))
+    return verdict
 
 
 @_inline
@@ -247,7 +270,7 @@ def _squeezed(word: np.uint32, x: np.float32) -> bool:
     """Marsaglia and Tsang's squeeze u < 1 - 0.0331 x**4 (a margin of 2**-18 for rounding)."""
     u = _f32(word) * _U32 + _H32
     q = x * x
-    return u < (_ONE - _SQUEEZE * (q * q)) - _MARGIN
+    return bool(u < (_ONE - _SQUEEZE * (q * q)) - _MARGIN)
 
 
 @_jit
@@ -279,7 +302,7 @@ def shapes32(
         a32[j] = np.float32(a[j])
         b32[j] = np.float32(b[j])
         valid &= (a[j] > 0.0) & (b[j] > 0.0) & (a[j] < math.inf) & (b[j] < math.inf)
-    return valid
+    return bool(valid)
 
 
 @_jit
@@ -297,7 +320,7 @@ def candidates(
     w_open: npt.NDArray[np.float32],
     d_open: npt.NDArray[np.float32],
 ) -> None:
-    """One Marsaglia–Tsang attempt for each of the m tasks' two Gammas (4 words of bits each).
+    """One Marsaglia-Tsang attempt for each of the m tasks' two Gammas (4 words of bits each).
 
     The squeeze accepts about 92 % of attempts; the others are gathered and
     get the float32 test (``_decide``) on the lanes, Gamma by Gamma (``lanes``,
@@ -419,7 +442,7 @@ def mt_accepts(shape: float, w: np.float32, word: np.uint32) -> bool:
     else:
         r = math.log1p(x) - x * (1.0 - x * (0.5 - x / 3.0))
     u = (np.float64(word) + 0.5) * 2.0**-32
-    return math.log(u) < 3.0 * d * r
+    return bool(math.log(u) < 3.0 * d * r)
 
 
 @_jit
@@ -445,15 +468,22 @@ def logs(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
 
 @_jit
 def decisions(
-    word: npt.NDArray[np.uint32], w: npt.NDArray[np.float32], shape: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
-    """The float32 pass's decision (0 accept, 1 undecided, 2 reject) and the exact test's, each.
+    word: npt.NDArray[np.uint32], x: npt.NDArray[np.float32], shape: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.uint8], npt.NDArray[np.bool_]]:
+    """For attempts (normal x, uniform word) at each shape, as the first pass makes them.
 
-    For the test that a decided lane always agrees with ``mt_accepts``.
+    Returns the squeeze's verdict, the float32 test's (0 accept, 1 undecided,
+    2 reject) and the exact test's: for the tests that a decided attempt
+    always agrees with ``mt_accepts``.
     """
-    fast = np.empty(len(w), dtype=np.uint8)
-    exact = np.empty(len(w), dtype=np.bool_)
-    for j in range(len(w)):
-        fast[j] = _decide(word[j], w[j], np.float32(shape[j]) - _THIRD)
-        exact[j] = mt_accepts(shape[j], w[j], word[j])
-    return fast, exact
+    n = len(x)
+    squeezed = np.empty(n, dtype=np.bool_)
+    fast = np.empty(n, dtype=np.uint8)
+    exact = np.empty(n, dtype=np.bool_)
+    for j in range(n):
+        d = np.float32(shape[j]) - _THIRD
+        w = x[j] / math.sqrt(_NINE * d)
+        squeezed[j] = _squeezed(word[j], x[j]) and w > -_ONE
+        fast[j] = _decide(word[j], w, d)
+        exact[j] = mt_accepts(shape[j], w, word[j])
+    return squeezed, fast, exact

@@ -262,7 +262,7 @@ def chunk_seeds(ss: np.random.SeedSequence, chunks: int) -> npt.NDArray[np.uint6
     Word i of ``generate_state`` does not depend on how many are asked for,
     so a chunk's seed does not depend on the pool's size beyond it.
     """
-    seeds = ss.generate_state(5 * chunks, np.uint64).reshape(chunks, 5)
+    seeds = np.asarray(ss.generate_state(5 * chunks, np.uint64), dtype=np.uint64).reshape(chunks, 5)
     seeds[~seeds[:, :4].any(axis=1), 0] = 1  # the all-zero state is xoshiro's only fixed point
     return seeds
 
