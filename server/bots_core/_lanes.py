@@ -60,7 +60,7 @@ _inline = nb.njit(
 
 NEED_A = 1  # the float32 test could not decide X's attempt: the exact test decides
 NEED_B = 2  # ... nor Y's
-REJECT = 4  # an attempt was rejected: the task gets a new pair of attempts
+REJECT = 4  # an attempt was rejected: the exact scalar sampler draws the task again
 OUTSIDE = 8  # a shape outside [1, 1e30]: drawn by the exact scalar sampler
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
