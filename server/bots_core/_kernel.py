@@ -289,6 +289,25 @@ def _sift_down(
         i = big
 
 
+@_inline
+def _replace_top(
+    key: npt.NDArray[np.float64],
+    pos: npt.NDArray[np.int64],
+    val: npt.NDArray[np.float64],
+    k: int,
+    new_key: float,
+    new_pos: int,
+    new_val: float,
+) -> float:
+    """Puts an entry in place of the max-heap's top; returns the key it pushed out."""
+    gone: float = key[0]
+    key[0] = new_key
+    pos[0] = new_pos
+    val[0] = new_val
+    _sift_down(key, pos, val, k)
+    return gone
+
+
 @_jit
 def _heapify(
     key: npt.NDArray[np.float64], pos: npt.NDArray[np.int64], val: npt.NDArray[np.float64], k: int
@@ -453,11 +472,9 @@ def draw_chunk(
                 if key_j >= top:
                     continue
                 if key_j < out_key[0]:
-                    dropped = min(dropped, out_key[0])
-                    out_key[0] = key_j
-                    out_pos[0] = first + j
-                    out_draw[0] = p[j]
-                    _sift_down(out_key, out_pos, out_draw, k)
+                    dropped = min(
+                        dropped, _replace_top(out_key, out_pos, out_draw, k, key_j, first + j, p[j])
+                    )
                 else:
                     dropped = min(dropped, key_j)
             continue
@@ -475,11 +492,7 @@ def draw_chunk(
                 if m == k:
                     _heapify(out_key, out_pos, out_draw, k)
             elif key_i < out_key[0]:
-                dropped = min(dropped, out_key[0])
-                out_key[0] = key_i
-                out_pos[0] = i
-                out_draw[0] = p[j]
-                _sift_down(out_key, out_pos, out_draw, k)
+                dropped = min(dropped, _replace_top(out_key, out_pos, out_draw, k, key_i, i, p[j]))
             else:
                 dropped = min(dropped, key_i)
     return m, dropped
