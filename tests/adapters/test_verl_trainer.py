@@ -22,7 +22,13 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bots_client import PoolConfig, SelectionState, SelectorClient  # noqa: E402
+from bots_client import (  # noqa: E402
+    PoolConfig,
+    SelectedTask,
+    Selection,
+    SelectionState,
+    SelectorClient,
+)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 with warnings.catch_warnings():
@@ -30,7 +36,7 @@ with warnings.catch_warnings():
     # optional torchtitan engine is missing; neither concerns the code under test.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", UserWarning)
-    from bots_adapters.verl import BotsRayPPOTrainer, BotsSampler
+    from bots_adapters.verl import BotsRayPPOTrainer, BotsSampler, split_by_selection
     from verl import DataProto
     from verl.trainer.ppo.utils import Role
 
@@ -181,3 +187,35 @@ def test_dapo_dynamic_sampling_reports_every_draw(
     assert tasks_per_report == ([B, B] if before_filtering else [B - 2, B - 2])
     assert trainer.bots_reporter.stats.failed == 0
     assert client.get_pool("verl").steps_applied == 2
+
+
+class _Ledger:
+    """The part of the sampler's ledger that ``split_by_selection`` reads."""
+
+    def __init__(self, *selections: Selection) -> None:
+        self._pending = list(enumerate(selections))
+
+    def pending(self) -> list[tuple[int, Selection]]:
+        return self._pending
+
+
+def _selection(*keys: str) -> Selection:
+    tasks = tuple(SelectedTask(k, i, 0.5, 0.5) for i, k in enumerate(keys))
+    return Selection(f"sel-{'-'.join(keys)}", tasks, False, 0, 2.0)
+
+
+@pytest.mark.parametrize("with_uids", [True, False])
+def test_split_tells_apart_a_task_two_draws_share_when_the_first_lost_its_rows(
+    with_uids: bool,
+) -> None:
+    # Draws (a, b, c) and (b, x, y); DAPO filtering removed every row of b in
+    # the first draw, so the first b row met is the second draw's first row.
+    first, second = _selection("a", "b", "c"), _selection("b", "x", "y")
+    keys = ["a", "a", "c", "c", "b", "b", "x", "x", "y", "y"]
+    uids = [f"{k}{i // 4}" for i, k in enumerate(keys)] if with_uids else None
+    segments, left = split_by_selection(_Ledger(first, second), keys, uids)  # type: ignore[arg-type]
+    assert left == 0
+    assert [(step, rows) for step, _, rows in segments] == [
+        (0, [0, 1, 2, 3]),
+        (1, list(range(4, 10))),
+    ]

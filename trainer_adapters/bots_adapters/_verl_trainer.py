@@ -238,32 +238,40 @@ def split_by_selection(
     """Splits rows (in draw order) into runs belonging to the pending selections, oldest first.
 
     A batch concatenated from several draws holds each draw's rows together,
-    in the order drawn (filtering only removes rows). Each row goes to the
-    current selection while its key belongs to it and, with ``uids`` (one per
-    prompt), while the key is not met again under another uid (a later draw
-    of the same task); otherwise to the next pending selection that holds it.
+    in the order drawn (filtering only removes rows): within a draw, tasks
+    come in their selection's order and the rollouts of one prompt are
+    contiguous. Each row goes to the current selection while its task
+    belongs to it and comes after the task of the row before (or is that
+    same task, under the same uid when ``uids`` gives one per prompt);
+    otherwise to the next pending selection that holds it. So a task that
+    two draws share is told apart even when the first draw's rows of it were
+    all filtered out.
 
     Returns:
         ([(step, selection, row indices)], number of rows matching no selection).
     """
     pending = ledger.pending()
+    where = [{k: i for i, k in enumerate(sel.keys)} for _, sel in pending]
     segments: list[tuple[int, Selection, list[int]]] = []
     pos = -1
+    last = -1  # where the task of the row before stands in the current selection
     seen: dict[str, str] = {}
     left = 0
     for row, key in enumerate(keys):
         uid = uids[row] if uids is not None else ""
         if pos >= 0:
-            sel_keys = pending[pos][1].keys
-            if key in sel_keys and seen.get(key, uid) == uid:
+            at = where[pos].get(key)
+            same = at == last and seen.get(key) == uid
+            if at is not None and ((at > last and key not in seen) or same):
                 seen[key] = uid
+                last = at
                 segments[-1][2].append(row)
                 continue
-        nxt = next((j for j in range(pos + 1, len(pending)) if key in pending[j][1].keys), None)
+        nxt = next((j for j in range(pos + 1, len(pending)) if key in where[j]), None)
         if nxt is None:
             left += 1
             continue
-        pos, seen = nxt, {key: uid}
+        pos, seen, last = nxt, {key: uid}, where[nxt][key]
         segments.append((pending[pos][0], pending[pos][1], [row]))
     return segments, left
 
