@@ -219,3 +219,12 @@ def test_split_tells_apart_a_task_two_draws_share_when_the_first_lost_its_rows(
         (0, [0, 1, 2, 3]),
         (1, list(range(4, 10))),
     ]
+
+
+def test_split_keeps_a_single_draw_whose_rows_were_reordered() -> None:
+    # verl's balance_batch reorders a batch's rows before the update.
+    keys = ["c", "c", "a", "a", "b", "b"]
+    uids = ["uc", "uc", "ua", "ua", "ub", "ub"]
+    segments, left = split_by_selection(_Ledger(_selection("a", "b", "c")), keys, uids)  # type: ignore[arg-type]
+    assert left == 0
+    assert [(step, rows) for step, _, rows in segments] == [(0, list(range(6)))]

@@ -241,11 +241,13 @@ def split_by_selection(
     in the order drawn (filtering only removes rows): within a draw, tasks
     come in their selection's order and the rollouts of one prompt are
     contiguous. Each row goes to the current selection while its task
-    belongs to it and comes after the task of the row before (or is that
-    same task, under the same uid when ``uids`` gives one per prompt);
-    otherwise to the next pending selection that holds it. So a task that
-    two draws share is told apart even when the first draw's rows of it were
-    all filtered out.
+    belongs to it, under one uid per task when ``uids`` gives one per prompt.
+    When a later pending selection holds the task too, the row stays only if
+    its task comes after the task of the row before (or is that same task,
+    same uid); otherwise it starts the next selection that holds it. So a
+    task that two draws share is told apart even when the first draw's rows
+    of it were all filtered out, and the rows of a single draw may be in any
+    order (verl's ``balance_batch`` reorders them).
 
     Returns:
         ([(step, selection, row indices)], number of rows matching no selection).
@@ -261,12 +263,13 @@ def split_by_selection(
         uid = uids[row] if uids is not None else ""
         if pos >= 0:
             at = where[pos].get(key)
-            same = at == last and seen.get(key) == uid
-            if at is not None and ((at > last and key not in seen) or same):
-                seen[key] = uid
-                last = at
-                segments[-1][2].append(row)
-                continue
+            if at is not None and seen.get(key, uid) == uid:
+                shared = any(key in where[j] for j in range(pos + 1, len(pending)))
+                if not shared or (at > last and key not in seen) or at == last:
+                    seen[key] = uid
+                    last = at
+                    segments[-1][2].append(row)
+                    continue
         nxt = next((j for j in range(pos + 1, len(pending)) if key in where[j]), None)
         if nxt is None:
             left += 1
