@@ -8,8 +8,9 @@ tasks):
   (2000) attempt per Gamma from Box-Muller normals, in branch-free float32
   with counter-based bits (SplitMix64 of the chunk's key and the task's
   index), and X / (X + Y) in float64. Attempts the squeeze leaves open get a
-  float32 test with proven error bounds; those still open (about 3 in
-  100,000) get the exact float64 test.
+  float32 test with error bounds (tests check it against the exact test
+  near the acceptance boundary); those still open (about 3 in 100,000) get
+  the exact float64 test.
 * **Fix-ups, one by one**: a task whose attempt was rejected (about 1 in 90
   for shapes from 1 to 40), or whose shape is outside [1, 1e30], gets a
   fresh exact draw: Marsaglia-Tsang with normals from a 256-layer ziggurat
