@@ -266,6 +266,13 @@ def _decide(word: np.uint32, w: np.float32, d: np.float32) -> np.uint8:
 
 
 @_inline
+def _attempt_w(x: np.float32, shape: np.float32) -> np.float32:
+    """w = x / sqrt(9 d) of an attempt with normal x at a float32 shape (d = shape - 1/3)."""
+    w: np.float32 = x / math.sqrt(_NINE * (shape - _THIRD))
+    return w
+
+
+@_inline
 def _squeezed(word: np.uint32, x: np.float32) -> bool:
     """Marsaglia and Tsang's squeeze u < 1 - 0.0331 x**4 (a margin of 2**-18 for rounding)."""
     u = _f32(word) * _U32 + _H32
@@ -338,8 +345,8 @@ def candidates(
         x2 = wb[j]
         need = np.uint8(0) if _squeezed(bits[4 * j + 2], x1) else np.uint8(NEED_A)
         need |= np.uint8(0) if _squeezed(bits[4 * j + 3], x2) else np.uint8(NEED_B)
-        w1 = x1 / math.sqrt(_NINE * (a - _THIRD))
-        w2 = x2 / math.sqrt(_NINE * (b - _THIRD))
+        w1 = _attempt_w(x1, a)
+        w2 = _attempt_w(x2, b)
         wa[j] = w1
         wb[j] = w2
         inside = (a >= _ONE) & (b >= _ONE) & (a <= _SHAPE_MAX) & (b <= _SHAPE_MAX)
@@ -481,8 +488,9 @@ def decisions(
     fast = np.empty(n, dtype=np.uint8)
     exact = np.empty(n, dtype=np.bool_)
     for j in range(n):
-        d = np.float32(shape[j]) - _THIRD
-        w = x[j] / math.sqrt(_NINE * d)
+        s32 = np.float32(shape[j])
+        d = s32 - _THIRD
+        w = _attempt_w(x[j], s32)
         squeezed[j] = _squeezed(word[j], x[j]) and w > -_ONE
         fast[j] = _decide(word[j], w, d)
         exact[j] = mt_accepts(shape[j], w, word[j])

@@ -12,12 +12,7 @@ import numpy as np
 import pytest
 from bots_core import _kernel, _lanes
 from scipy import stats
-
-P_MIN = 1e-3
-
-
-def binomial_ok(hits: int, trials: int, p: float, z: float = 4.5) -> bool:
-    return abs(hits / trials - p) <= z * math.sqrt(p * (1.0 - p) / trials)
+from test_sampling import P_MIN, binomial_ok
 
 
 def test_the_float32_log_is_accurate_to_a_few_ulps() -> None:
